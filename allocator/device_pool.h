@@ -1,0 +1,153 @@
+// DevicePool: the pool of one device.
+//
+// Data structures (all guarded by mutex_):
+//   segments_   address -> Segment, every segment this pool holds;
+//   live_       block address -> Block, every block in use (the cudaFree lookup);
+//   free_[k]    free blocks of size class k, best fit by (size, address);
+//   pending     FIFO of freed blocks waiting for a fence, each stamped with a sequence number.
+// Invariants:
+//   - the blocks of a segment tile it exactly, in address order (prev/next links), and no two
+//     adjacent blocks are both free (they are coalesced);
+//   - held == sum of segment sizes; in_use == sum of live block sizes; pending == sum of pending
+//     block sizes; a segment's busy bytes == its in-use + pending bytes, and it can be released
+//     exactly when busy == 0;
+//   - a pending block becomes free only after a fence that began after the block was freed
+//     (or at once under ReuseMode::kImmediate when no capture is active).
+// Locking: mutex_ guards the structures above and is held only for bookkeeping, never across a
+// Backend call. release_mutex_ serialises releases with each other and with drop_all(), so that
+// a segment being returned cannot outlive a device reset.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <mutex>
+
+#include "allocator/backend.h"
+#include "allocator/free_index.h"
+#include "allocator/ptr_map.h"
+#include "allocator/size_classes.h"
+#include "allocator/sync_gate.h"
+#include "allocator/types.h"
+
+namespace cudapool {
+
+// Receives the pool's rare events (releases, driver failures), e.g. to log them. Called without
+// the pool's lock held.
+class PoolObserver {
+ public:
+  virtual ~PoolObserver() = default;
+  virtual void on_release(int device, ReleaseReason reason, std::uint64_t bytes,
+                          std::uint64_t segments) = 0;
+  virtual void on_driver_error(int device, const char* operation, Status status) = 0;
+};
+
+class DevicePool {
+ public:
+  DevicePool(int device, Backend& backend, SyncGate& gate, const Policy& policy,
+             PoolObserver* observer = nullptr);
+  ~DevicePool();
+  DevicePool(const DevicePool&) = delete;
+  DevicePool& operator=(const DevicePool&) = delete;
+
+  int device() const { return device_; }
+
+  // Serves `size` (> 0) bytes. kOutOfMemory when neither the pool nor the driver can.
+  Status allocate(std::size_t size, void** ptr);
+  // Frees a block. kNotOwned: the pointer is not in this pool (the caller forwards it);
+  // kInvalidValue: inside a segment but not a live block's start. Sets *wake_releaser when idle
+  // memory crossed the high watermark.
+  Status free(void* ptr, bool* wake_releaser);
+  // kOk if `ptr` is a live block that starts its segment, kInvalidValue if it is inside a segment
+  // otherwise, kNotOwned if not in this pool.
+  Status check_ipc_base(void* ptr) const;
+
+  // Makes every block pending now free once the device has finished the work issued before
+  // (a device synchronisation). Returns false if it could not (capture active, driver error).
+  bool fence();
+  // Fences as needed and returns wholly free segments, oldest first, until idle <= keep_idle or
+  // nothing more can go. Returns the bytes returned to the driver.
+  std::uint64_t release_idle(std::uint64_t keep_idle, ReleaseReason reason);
+  // Forgets every segment without returning any (the driver already freed them: cudaDeviceReset).
+  void drop_all();
+
+  // Free and total bytes of the whole device (a driver call).
+  Status device_memory(std::uint64_t* free, std::uint64_t* total) {
+    return backend_.device_memory(device_, free, total);
+  }
+
+  PoolStats stats() const;
+  void reset_peaks();
+  Policy policy() const;
+  void set_policy(const Policy& policy);
+  // Cheap reads for the release thread.
+  std::uint64_t activity() const { return activity_.load(std::memory_order_relaxed); }
+  // Bytes a release could return without waiting for any further free (whole free segments plus
+  // pending blocks that a fence would free).
+  std::uint64_t releasable_hint() const;
+  // The release thread lowers the wake-up threshold back after releasing; see free().
+  void set_wake_threshold(std::uint64_t idle_bytes) {
+    wake_threshold_.store(idle_bytes, std::memory_order_relaxed);
+  }
+
+ private:
+  struct Segment;
+  struct Block {
+    std::uintptr_t addr = 0;
+    std::size_t size = 0;
+    Segment* segment = nullptr;
+    Block* prev = nullptr;  // neighbours in the segment, by address
+    Block* next = nullptr;
+    Block* pending_next = nullptr;
+    std::uint64_t pending_seq = 0;
+    enum class State : std::uint8_t { kFree, kInUse, kPending } state = State::kFree;
+  };
+  struct Segment {
+    std::uintptr_t base = 0;
+    std::size_t size = 0;
+    PoolKind kind = PoolKind::kSmall;
+    Block* first = nullptr;  // the block at base
+    std::size_t busy = 0;    // in-use + pending bytes
+    std::uint64_t seq = 0;  // creation order, for oldest-first release
+  };
+
+  Block* take_free_block(PoolKind kind, std::size_t rounded);
+  Block* carve(Block* b, std::size_t rounded);
+  void make_free(Block* b);
+  Block* new_block();
+  void recycle_block(Block* b);
+  const Segment* segment_containing(std::uintptr_t addr) const;
+  Status allocate_slow(PoolKind kind, std::size_t rounded, void** ptr);
+  Status grow(PoolKind kind, std::size_t segment_size, std::size_t rounded, void** ptr);
+  bool fence_with_permit();
+  std::uint64_t release_with_permit(std::uint64_t keep_idle, ReleaseReason reason);
+  void note_peaks();
+  FreeIndex<Block>& free_index(PoolKind kind) { return free_[static_cast<int>(kind)]; }
+
+  const int device_;
+  Backend& backend_;
+  SyncGate& gate_;
+  PoolObserver* observer_;
+
+  mutable std::mutex mutex_;
+  std::mutex release_mutex_;
+  Policy policy_;
+  std::map<std::uintptr_t, Segment*> segments_;
+  PtrMap<Block> live_;
+  FreeIndex<Block> free_[kPoolKinds];
+  Block* pending_head_ = nullptr;
+  Block* pending_tail_ = nullptr;
+  std::uint64_t pending_seq_ = 0;
+  std::uint64_t segment_seq_ = 0;
+  std::uint64_t free_segment_bytes_ = 0;  // bytes of segments with busy == 0
+  std::uint64_t growing_bytes_ = 0;       // segments being obtained right now (limit accounting)
+  std::uint64_t generation_ = 0;          // bumped by drop_all()
+  Block* spare_blocks_ = nullptr;         // recycled Block objects, linked through `next`
+  PoolStats stats_;
+
+  std::atomic<std::uint64_t> activity_{0};
+  std::atomic<std::uint64_t> wake_threshold_;
+};
+
+}  // namespace cudapool

@@ -1,0 +1,50 @@
+// The real CUDA runtime functions the shim forwards to, found at run time (DESIGN §4.3).
+//
+// Order of search: dlsym(RTLD_NEXT) — the runtime a program or its libraries link normally;
+// then any libcudart.so.* already loaded, e.g. by a library that Python dlopen()ed with
+// RTLD_LOCAL, which RTLD_NEXT cannot see. The shim never links libcudart or libcuda itself.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+namespace cudapool {
+
+struct RealRuntime {
+  // Where the functions came from, for the start-up log.
+  const char* origin = "";
+
+  cudaError_t (*cudaMalloc)(void**, size_t) = nullptr;
+  cudaError_t (*cudaFree)(void*) = nullptr;
+  cudaError_t (*cudaMemGetInfo)(size_t*, size_t*) = nullptr;
+  cudaError_t (*cudaDeviceReset)() = nullptr;
+  cudaError_t (*cudaIpcGetMemHandle)(cudaIpcMemHandle_t*, void*) = nullptr;
+  cudaError_t (*cudaStreamBeginCapture)(cudaStream_t, cudaStreamCaptureMode) = nullptr;
+  cudaError_t (*cudaStreamBeginCapture_ptsz)(cudaStream_t, cudaStreamCaptureMode) = nullptr;
+  cudaError_t (*cudaStreamBeginCaptureToGraph)(cudaStream_t, cudaGraph_t, const cudaGraphNode_t*,
+                                               const cudaGraphEdgeData*, size_t,
+                                               cudaStreamCaptureMode) = nullptr;
+  cudaError_t (*cudaStreamBeginCaptureToGraph_ptsz)(cudaStream_t, cudaGraph_t,
+                                                    const cudaGraphNode_t*,
+                                                    const cudaGraphEdgeData*, size_t,
+                                                    cudaStreamCaptureMode) = nullptr;
+  cudaError_t (*cudaStreamEndCapture)(cudaStream_t, cudaGraph_t*) = nullptr;
+  cudaError_t (*cudaStreamEndCapture_ptsz)(cudaStream_t, cudaGraph_t*) = nullptr;
+  cudaError_t (*cudaStreamIsCapturing)(cudaStream_t, cudaStreamCaptureStatus*) = nullptr;
+  cudaError_t (*cudaGetDevice)(int*) = nullptr;
+  cudaError_t (*cudaSetDevice)(int) = nullptr;
+  cudaError_t (*cudaGetDeviceCount)(int*) = nullptr;
+  cudaError_t (*cudaDeviceSynchronize)() = nullptr;
+  cudaError_t (*cudaGetLastError)() = nullptr;
+
+  // True when every function the pool needs was found (the capture variants are optional).
+  bool complete() const;
+};
+
+// Resolves the runtime; null while no runtime is loaded (it may be loaded later: call again).
+// Thread-safe; cheap after the first success.
+const RealRuntime* real_runtime();
+
+// Forgets the resolution (after fork the child resolves again; the table itself stays valid).
+void reset_real_runtime_after_fork();
+
+}  // namespace cudapool

@@ -1,0 +1,257 @@
+#include "shim/shim.h"
+
+#include <pthread.h>
+#include <sched.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <exception>
+#include <string>
+
+#include "control/log.h"
+#include "control/size.h"
+
+namespace cudapool {
+
+namespace {
+
+enum InitState : int { kUninitialised, kInitialising, kActive, kPassThrough };
+
+std::atomic<int> g_init_state{kUninitialised};
+std::atomic<Shim*> g_shim{nullptr};
+std::atomic<bool> g_exiting{false};
+bool g_handlers_installed = false;  // survives fork: handlers are inherited
+
+// Logs the pool's rare events. Routine releases go to debug; failures are warnings.
+class LogObserver final : public PoolObserver {
+ public:
+  void on_release(int device, ReleaseReason reason, std::uint64_t bytes,
+                  std::uint64_t segments) override {
+    log_debug("device {}: released {} in {} segment(s) ({})", device, format_size(bytes),
+              segments, to_string(reason));
+  }
+  void on_driver_error(int device, const char* operation, Status status) override {
+    if (status == Status::kUnloading) return;
+    log_warn_ratelimited(operation, "device {}: driver {} failed (status {}); memory kept", device,
+                         operation, static_cast<int>(status));
+  }
+};
+
+}  // namespace
+
+Shim::Shim(const RealRuntime& rt, const Options& options)
+    : rt_(rt), options_(options), backend_(rt), observer_(std::make_unique<LogObserver>()) {}
+
+Shim* Shim::get(const RealRuntime& rt) {
+  if (Shim* s = g_shim.load(std::memory_order_acquire)) return s;
+  int state = g_init_state.load(std::memory_order_acquire);
+  if (state == kPassThrough) return nullptr;
+  return init(rt);
+}
+
+Shim* Shim::init(const RealRuntime& rt) {
+  int expected = kUninitialised;
+  if (!g_init_state.compare_exchange_strong(expected, kInitialising)) {
+    // Another thread is starting the Shim: wait for it (start-up is short and never blocks on
+    // the device).
+    while (g_init_state.load(std::memory_order_acquire) == kInitialising) sched_yield();
+    return g_shim.load(std::memory_order_acquire);
+  }
+  Shim* shim = nullptr;
+  try {
+    std::vector<std::string> warnings;
+    Options options = load_options_from_environment(&warnings);
+    log_init(options);
+    for (const std::string& w : warnings) log_warn("{}", w);
+    if (!g_handlers_installed) {
+      g_handlers_installed = true;
+      pthread_atfork(nullptr, nullptr, &Shim::on_fork_child);
+      std::atexit(&Shim::on_exit);
+    }
+    if (options.disable) {
+      log_info("cudapool {}: disabled by CUDAPOOL_DISABLE; every call goes to the CUDA runtime",
+               CUDAPOOL_VERSION);
+    } else {
+      shim = new Shim(rt, options);  // never deleted: see the lifecycle in shim.h
+      log_info("cudapool {} active (runtime: {}): {}", CUDAPOOL_VERSION, rt.origin,
+               describe_options(options));
+    }
+  } catch (const std::exception& e) {
+    log_error("cudapool could not start ({}); every call goes to the CUDA runtime", e.what());
+    shim = nullptr;
+  } catch (...) {
+    log_error("cudapool could not start; every call goes to the CUDA runtime");
+    shim = nullptr;
+  }
+  g_shim.store(shim, std::memory_order_release);
+  g_init_state.store(shim != nullptr ? kActive : kPassThrough, std::memory_order_release);
+  return shim;
+}
+
+void Shim::on_fork_child() {
+  // The parent's pools describe the parent's device memory and its threads are gone: start over
+  // at the child's first call. The old Shim is left as it is (its locks may be held).
+  g_shim.store(nullptr, std::memory_order_relaxed);
+  g_init_state.store(kUninitialised, std::memory_order_relaxed);
+  reset_real_runtime_after_fork();
+  log_reopen_after_fork();
+}
+
+void Shim::on_exit() {
+  g_exiting.store(true, std::memory_order_release);
+  if (Shim* s = g_shim.load(std::memory_order_acquire)) s->releaser_.stop();
+}
+
+// ---- pools ------------------------------------------------------------------------------------
+
+DevicePool* Shim::existing_pool(int device) const {
+  if (device < 0 || device >= kMaxDevices) return nullptr;
+  return pools_[device].load(std::memory_order_acquire);
+}
+
+DevicePool* Shim::pool(int device) {
+  if (DevicePool* p = existing_pool(device)) return p;
+  if (device < 0 || device >= kMaxDevices) return nullptr;
+  std::lock_guard lock(pools_mutex_);
+  if (DevicePool* p = existing_pool(device)) return p;
+  std::uint64_t free = 0, total = 0;
+  if (backend_.device_memory(device, &free, &total) != Status::kOk) return nullptr;
+  auto* p = new DevicePool(device, backend_, gate_, policy_for(total), observer_.get());
+  pools_[device].store(p, std::memory_order_release);
+  pool_slots_.store(std::max(pool_slots_.load(std::memory_order_relaxed), device + 1),
+                    std::memory_order_release);
+  releaser_.add_pool(p);
+  releaser_.start();
+  log_debug("device {}: pool ready ({} total, {} free)", device, format_size(total),
+            format_size(free));
+  return p;
+}
+
+Policy Shim::policy_for(std::uint64_t device_total) const {
+  DeviceLimits limits = resolve_device_limits(options_, device_total);
+  Policy p;
+  p.high_watermark = limits.high_watermark;
+  p.low_watermark = limits.low_watermark;
+  p.idle_release_ms = static_cast<std::uint64_t>(options_.idle_release_ms.count());
+  p.min_device_free = limits.min_device_free;
+  p.limit = limits.limit;
+  p.reuse = options_.reuse;
+  return p;
+}
+
+// ---- interposed calls -------------------------------------------------------------------------
+
+cudaError_t Shim::malloc(void** ptr, size_t size) {
+  // Zero sizes, null out-pointers and allocations during a capture get the native answer.
+  if (ptr == nullptr || size == 0 || gate_.capture_active()) return rt_.cudaMalloc(ptr, size);
+  int device = 0;
+  if (rt_.cudaGetDevice(&device) != cudaSuccess) return rt_.cudaMalloc(ptr, size);
+  DevicePool* pool = this->pool(device);
+  if (pool == nullptr) return rt_.cudaMalloc(ptr, size);
+
+  unsigned failures = CudaBackend::thread_failures();
+  void* p = nullptr;
+  Status st = pool->allocate(size, &p);
+  if (st == Status::kOk) {
+    // A driver failure the pool recovered from must leave no trace (DESIGN §4.4).
+    if (failures != CudaBackend::thread_failures()) rt_.cudaGetLastError();
+    *ptr = p;
+    return cudaSuccess;
+  }
+  if (st == Status::kOutOfMemory && pool->policy().limit != 0) {
+    log_warn_ratelimited("limit", "device {}: cudaMalloc({}) refused: CUDAPOOL_LIMIT reached",
+                         device, format_size(size));
+    return cudaErrorMemoryAllocation;
+  }
+  // The pool could not serve it: the native call gives the native answer (and last error). It
+  // may also succeed where a whole segment could not; that block is then simply not pooled.
+  return rt_.cudaMalloc(ptr, size);
+}
+
+cudaError_t Shim::free(void* ptr) {
+  if (ptr == nullptr) return rt_.cudaFree(ptr);
+  int slots = pool_slots_.load(std::memory_order_acquire);
+  for (int d = 0; d < slots; ++d) {
+    DevicePool* pool = existing_pool(d);
+    if (pool == nullptr) continue;
+    bool wake = false;
+    Status st = pool->free(ptr, &wake);
+    if (st == Status::kNotOwned) continue;
+    if (st == Status::kOk) {
+      if (wake && !g_exiting.load(std::memory_order_relaxed)) releaser_.wake();
+      return cudaSuccess;
+    }
+    log_warn_ratelimited("invalid-free",
+                         "cudaFree({}): not the start of a live block (double free or interior "
+                         "pointer); nothing freed",
+                         ptr);
+    return cudaErrorInvalidValue;
+  }
+  return rt_.cudaFree(ptr);  // not ours: cudaMallocAsync, Managed, Pitch, from before a reset...
+}
+
+cudaError_t Shim::mem_get_info(size_t* free, size_t* total) {
+  cudaError_t err = rt_.cudaMemGetInfo(free, total);
+  if (err != cudaSuccess || free == nullptr || total == nullptr) return err;
+  int device = 0;
+  if (rt_.cudaGetDevice(&device) != cudaSuccess) return err;
+  std::uint64_t f = *free, t = *total, in_use = 0, limit = 0;
+  if (DevicePool* pool = existing_pool(device)) {
+    PoolStats stats = pool->stats();
+    f += stats.idle();  // idle pool memory is free for this process
+    in_use = stats.in_use;
+    limit = pool->policy().limit;
+  } else {
+    limit = policy_for(t).limit;
+  }
+  f = std::min(f, t);  // never more than the device has
+  if (limit != 0) {
+    t = std::min(t, limit);
+    f = std::min(f, limit > in_use ? limit - in_use : 0);
+  }
+  *free = static_cast<size_t>(f);
+  *total = static_cast<size_t>(t);
+  return err;
+}
+
+cudaError_t Shim::device_reset() {
+  int device = 0;
+  if (rt_.cudaGetDevice(&device) == cudaSuccess) {
+    // The reset frees every segment; returning them ourselves later could free someone else's
+    // allocation at the same address.
+    if (DevicePool* pool = existing_pool(device)) pool->drop_all();
+  }
+  return rt_.cudaDeviceReset();
+}
+
+cudaError_t Shim::ipc_get_mem_handle(cudaIpcMemHandle_t* handle, void* ptr) {
+  int slots = pool_slots_.load(std::memory_order_acquire);
+  for (int d = 0; d < slots && ptr != nullptr; ++d) {
+    DevicePool* pool = existing_pool(d);
+    if (pool == nullptr) continue;
+    Status st = pool->check_ipc_base(ptr);
+    if (st == Status::kNotOwned) continue;
+    if (st == Status::kOk) break;
+    log_warn_ratelimited("ipc",
+                         "cudaIpcGetMemHandle({}): the block is part of a larger pooled segment, "
+                         "so a handle would map other bytes; refused. Blocks above 10 MiB are "
+                         "whole segments and can be shared; or set CUDAPOOL_DISABLE=1",
+                         ptr);
+    return cudaErrorInvalidValue;
+  }
+  return rt_.cudaIpcGetMemHandle(handle, ptr);
+}
+
+void Shim::capture_ended(cudaStream_t stream) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  if (rt_.cudaStreamIsCapturing(stream, &status) != cudaSuccess)
+    status = cudaStreamCaptureStatusNone;
+  if (status != cudaStreamCaptureStatusNone) return;  // the end failed; still capturing
+  std::lock_guard lock(capture_mutex_);
+  auto it = std::find(capturing_.begin(), capturing_.end(), stream);
+  if (it == capturing_.end()) return;
+  capturing_.erase(it);
+  gate_.end_capture();
+}
+
+}  // namespace cudapool

@@ -1,0 +1,92 @@
+// Shim: the process-wide state behind the interposed functions, and its lifecycle.
+//
+// Lifecycle (DESIGN §4.2, §4.11):
+//   - nothing happens at load time; the first interposed call builds the Shim (options, log,
+//     real runtime) and each device's pool is built at its first allocation, together with the
+//     release thread;
+//   - after fork the child forgets the parent's Shim (its pools describe the parent's device
+//     memory) and builds a fresh one at its first call;
+//   - at exit the release thread stops acting; the Shim is never destroyed, so cudaFree calls
+//     from static destructors still find their blocks, and nothing is freed or synchronised.
+#pragma once
+
+#include <atomic>
+#include <mutex>
+#include <vector>
+
+#include "allocator/device_pool.h"
+#include "allocator/releaser.h"
+#include "allocator/sync_gate.h"
+#include "control/options.h"
+#include "shim/cuda_backend.h"
+#include "shim/real_runtime.h"
+
+namespace cudapool {
+
+class Shim {
+ public:
+  static constexpr int kMaxDevices = 64;
+
+  // The active Shim, built on first use; null when the library passes everything through
+  // (CUDAPOOL_DISABLE=1 or a failed start).
+  static Shim* get(const RealRuntime& rt);
+
+  cudaError_t malloc(void** ptr, size_t size);
+  cudaError_t free(void* ptr);
+  cudaError_t mem_get_info(size_t* free, size_t* total);
+  cudaError_t device_reset();
+  cudaError_t ipc_get_mem_handle(cudaIpcMemHandle_t* handle, void* ptr);
+
+  // Stream capture: the pool must neither synchronise nor release while one is active.
+  template <typename Begin>
+  cudaError_t begin_capture(cudaStream_t stream, Begin&& begin);
+  template <typename End>
+  cudaError_t end_capture(cudaStream_t stream, End&& end);
+
+  const RealRuntime& runtime() const { return rt_; }
+
+ private:
+  Shim(const RealRuntime& rt, const Options& options);
+  static Shim* init(const RealRuntime& rt);
+  static void on_fork_child();
+  static void on_exit();
+
+  DevicePool* pool(int device);  // builds it on first use
+  DevicePool* existing_pool(int device) const;
+  Policy policy_for(std::uint64_t device_total) const;
+  void capture_ended(cudaStream_t stream);
+
+  const RealRuntime& rt_;
+  Options options_;
+  CudaBackend backend_;
+  SyncGate gate_;
+  Releaser releaser_;
+  std::unique_ptr<PoolObserver> observer_;
+  std::mutex pools_mutex_;  // serialises pool creation
+  std::atomic<DevicePool*> pools_[kMaxDevices] = {};
+  std::atomic<int> pool_slots_{0};  // 1 + highest device with a pool
+  std::mutex capture_mutex_;
+  std::vector<cudaStream_t> capturing_;  // streams this process is capturing on
+};
+
+template <typename Begin>
+cudaError_t Shim::begin_capture(cudaStream_t stream, Begin&& begin) {
+  gate_.begin_capture();  // waits for a fence or release in progress
+  cudaError_t err = begin();
+  if (err != cudaSuccess) {
+    gate_.end_capture();
+    return err;
+  }
+  std::lock_guard lock(capture_mutex_);
+  capturing_.push_back(stream);
+  return err;
+}
+
+template <typename End>
+cudaError_t Shim::end_capture(cudaStream_t stream, End&& end) {
+  cudaError_t err = end();
+  capture_ended(stream);
+  return err;
+}
+
+}  // namespace cudapool
