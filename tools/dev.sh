@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# The project's set-up and test entry point (README "Quick start").
+#
+#   tools/dev.sh demo   install what is missing, build, run the demo (stand-in runtime without GPU)
+#   tools/dev.sh test   install what is missing, build plain + ASan/UBSan + TSan trees, run all tests
+#   tools/dev.sh build  install what is missing and build the plain tree only
+#
+# Build trees: build/ (plain, warnings are errors), build-asan/, build-tsan/. Set JOBS to change
+# the parallelism (default: number of cores).
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+jobs=${JOBS:-$(nproc)}
+
+# Debian packages the build needs (CUDA headers come from the CUDA toolkit, see below).
+packages=(cmake ninja-build g++ libspdlog-dev libfmt-dev libgtest-dev libgmock-dev)
+
+install_missing() {
+  local missing=()
+  for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "== installing: ${missing[*]}"
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+  local cuda_inc="${CUDA_HOME:-/usr/local/cuda}/include/cuda_runtime_api.h"
+  if [ ! -f "$cuda_inc" ] && [ ! -f /usr/include/cuda_runtime_api.h ]; then
+    echo "error: CUDA toolkit headers not found ($cuda_inc); install the CUDA toolkit or set CUDA_HOME" >&2
+    exit 1
+  fi
+}
+
+configure_and_build() {  # dir, extra cmake args...
+  local dir=$1
+  shift
+  echo "== building $dir"
+  cmake -S . -B "$dir" -G Ninja -DCUDAPOOL_WERROR=ON "$@" >"$dir.configure.log" 2>&1 ||
+    { cat "$dir.configure.log"; exit 1; }
+  cmake --build "$dir" -j "$jobs"
+}
+
+run_tests() {  # dir, extra ctest args...
+  local dir=$1
+  shift
+  echo "== testing $dir"
+  ctest --test-dir "$dir" --output-on-failure -j "$jobs" --timeout 300 "$@"
+}
+
+case "${1:-}" in
+  demo)
+    install_missing
+    configure_and_build build
+    exec build/tools/cudapool-demo "${@:2}"
+    ;;
+  build)
+    install_missing
+    configure_and_build build
+    ;;
+  test)
+    install_missing
+    configure_and_build build
+    run_tests build -LE gpu
+    configure_and_build build-asan -DCUDAPOOL_SANITIZE="address;undefined"
+    run_tests build-asan -LE 'gpu|no-asan'
+    configure_and_build build-tsan -DCUDAPOOL_SANITIZE=thread
+    run_tests build-tsan -LE 'gpu|no-tsan'
+    echo "== all test trees passed"
+    ;;
+  *)
+    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+    exit 2
+    ;;
+esac
