@@ -6,7 +6,9 @@
 namespace cudapool {
 
 namespace {
-bool succeeded(Status s) { return s == Status::kOk || s == Status::kUnloading; }
+bool succeeded(Status s) {
+  return s == Status::kOk || s == Status::kUnloading;
+}
 }  // namespace
 
 DevicePool::DevicePool(int device, Backend& backend, SyncGate& gate, const Policy& policy,
@@ -190,43 +192,40 @@ Status DevicePool::allocate_slow(PoolKind kind, std::size_t rounded, void** ptr)
     return true;
   };
 
-  std::uint64_t pending, limit;
+  std::uint64_t pending;
   {
     std::lock_guard lock(mutex_);
     pending = stats_.pending;
-    limit = policy_.limit;
   }
   // A fence is one synchronisation for many blocks; growing is a driver call and more memory.
   // Fence when at least a segment's worth is pending.
   if (pending >= segment_size && fence() && try_take()) return Status::kOk;
 
-  if (limit != 0) {
-    std::uint64_t held;
+  // Near the limit, a segment of exactly the request when a whole one does not fit.
+  std::size_t exact = segment_size > rounded ? rounded : 0;
+  bool over_limit = false;
+  Status st = grow(kind, segment_size, rounded, ptr, &over_limit);
+  if (over_limit && exact != 0) st = grow(kind, exact, rounded, ptr, &over_limit);
+  if (over_limit) {
+    // Give back idle memory until a whole segment fits under the limit, then try once more.
+    std::uint64_t keep;
     {
       std::lock_guard lock(mutex_);
-      held = stats_.held + growing_bytes_;
+      ++stats_.limit_hits;
+      std::uint64_t idle = stats_.held - stats_.in_use;
+      std::uint64_t excess = committed_bytes() + segment_size - policy_.limit;
+      keep = idle > excess ? idle - excess : 0;
     }
-    if (held + segment_size > limit && kind != PoolKind::kLarge && held + rounded <= limit)
-      segment_size = rounded;  // near the limit, a segment of exactly the request
-    if (held + segment_size > limit) {
-      std::uint64_t idle;
-      {
-        std::lock_guard lock(mutex_);
-        ++stats_.limit_hits;
-        idle = stats_.held - stats_.in_use;
-      }
-      std::uint64_t excess = held + segment_size - limit;
-      release_idle(idle > excess ? idle - excess : 0, ReleaseReason::kLimit);
-      if (try_take()) return Status::kOk;
+    release_idle(keep, ReleaseReason::kLimit);
+    if (try_take()) return Status::kOk;
+    st = grow(kind, segment_size, rounded, ptr, &over_limit);
+    if (over_limit && exact != 0) st = grow(kind, exact, rounded, ptr, &over_limit);
+    if (over_limit) {
       std::lock_guard lock(mutex_);
-      if (stats_.held + growing_bytes_ + segment_size > limit) {
-        ++stats_.alloc_failures;
-        return Status::kOutOfMemory;
-      }
+      ++stats_.alloc_failures;
+      return Status::kOutOfMemory;
     }
   }
-
-  Status st = grow(kind, segment_size, rounded, ptr);
   if (st != Status::kOutOfMemory) return st;
 
   // Out of memory: give back what is idle (after a fence) and try again, then with an exact-size
@@ -237,8 +236,9 @@ Status DevicePool::allocate_slow(PoolKind kind, std::size_t rounded, void** ptr)
   }
   release_idle(0, ReleaseReason::kOutOfMemory);
   if (try_take()) return Status::kOk;
-  st = grow(kind, segment_size, rounded, ptr);
-  if (st == Status::kOutOfMemory && segment_size > rounded) st = grow(kind, rounded, rounded, ptr);
+  st = grow(kind, segment_size, rounded, ptr, &over_limit);
+  if (st == Status::kOutOfMemory && segment_size > rounded)
+    st = grow(kind, rounded, rounded, ptr, &over_limit);
   if (st == Status::kOutOfMemory) {
     std::lock_guard lock(mutex_);
     ++stats_.alloc_failures;
@@ -246,9 +246,14 @@ Status DevicePool::allocate_slow(PoolKind kind, std::size_t rounded, void** ptr)
   return st;
 }
 
-Status DevicePool::grow(PoolKind kind, std::size_t segment_size, std::size_t rounded, void** ptr) {
+// Obtains a segment and carves the request from it. The limit check and the reservation of the
+// bytes happen in one critical section, so concurrent growers cannot together pass the limit.
+Status DevicePool::grow(PoolKind kind, std::size_t segment_size, std::size_t rounded, void** ptr,
+                        bool* over_limit) {
   {
     std::lock_guard lock(mutex_);
+    *over_limit = policy_.limit != 0 && committed_bytes() + segment_size > policy_.limit;
+    if (*over_limit) return Status::kOutOfMemory;
     growing_bytes_ += segment_size;
   }
   void* base = nullptr;
@@ -343,13 +348,15 @@ std::uint64_t DevicePool::release_with_permit(std::uint64_t keep_idle, ReleaseRe
       stats_.held -= s->size;
       --stats_.segments;
       free_segment_bytes_ -= s->size;
+      releasing_bytes_ += s->size;
       idle -= s->size;
       victims.push_back(s);
     }
   }
 
-  std::uint64_t released = 0, count = 0;
+  std::uint64_t released = 0, count = 0, victim_bytes = 0;
   for (Segment* s : victims) {
+    victim_bytes += s->size;
     Status st = backend_.release(device_, reinterpret_cast<void*>(s->base));
     if (succeeded(st)) {
       released += s->size;
@@ -370,9 +377,10 @@ std::uint64_t DevicePool::release_with_permit(std::uint64_t keep_idle, ReleaseRe
     ++stats_.segments;
     free_segment_bytes_ += s->size;
   }
-  if (count == 0) return 0;
   {
     std::lock_guard lock(mutex_);
+    releasing_bytes_ -= victim_bytes;
+    if (count == 0) return 0;
     stats_.driver_frees += count;
     stats_.released_bytes += released;
     ++stats_.releases;
@@ -395,7 +403,8 @@ void DevicePool::drop_all() {
   }
   segments_.clear();
   live_.clear();
-  for (auto& index : free_) index.clear();
+  for (auto& index : free_)
+    index.clear();
   pending_head_ = pending_tail_ = nullptr;
   stats_.held = stats_.in_use = stats_.pending = 0;
   stats_.segments = stats_.live_blocks = 0;

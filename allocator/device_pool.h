@@ -77,6 +77,9 @@ class DevicePool {
     return backend_.device_memory(device_, free, total);
   }
 
+  // True while a stream capture is active: no fence and no release can run.
+  bool capture_active() const { return gate_.capture_active(); }
+
   PoolStats stats() const;
   void reset_peaks();
   Policy policy() const;
@@ -109,7 +112,7 @@ class DevicePool {
     PoolKind kind = PoolKind::kSmall;
     Block* first = nullptr;  // the block at base
     std::size_t busy = 0;    // in-use + pending bytes
-    std::uint64_t seq = 0;  // creation order, for oldest-first release
+    std::uint64_t seq = 0;   // creation order, for oldest-first release
   };
 
   Block* take_free_block(PoolKind kind, std::size_t rounded);
@@ -119,7 +122,10 @@ class DevicePool {
   void recycle_block(Block* b);
   const Segment* segment_containing(std::uintptr_t addr) const;
   Status allocate_slow(PoolKind kind, std::size_t rounded, void** ptr);
-  Status grow(PoolKind kind, std::size_t segment_size, std::size_t rounded, void** ptr);
+  Status grow(PoolKind kind, std::size_t segment_size, std::size_t rounded, void** ptr,
+              bool* over_limit);
+  // What the driver holds for this pool, is handing over or has not yet taken back (mutex_ held).
+  std::uint64_t committed_bytes() const { return stats_.held + growing_bytes_ + releasing_bytes_; }
   bool fence_with_permit();
   std::uint64_t release_with_permit(std::uint64_t keep_idle, ReleaseReason reason);
   void note_peaks();
@@ -142,6 +148,7 @@ class DevicePool {
   std::uint64_t segment_seq_ = 0;
   std::uint64_t free_segment_bytes_ = 0;  // bytes of segments with busy == 0
   std::uint64_t growing_bytes_ = 0;       // segments being obtained right now (limit accounting)
+  std::uint64_t releasing_bytes_ = 0;     // segments being returned right now (limit accounting)
   std::uint64_t generation_ = 0;          // bumped by drop_all()
   Block* spare_blocks_ = nullptr;         // recycled Block objects, linked through `next`
   PoolStats stats_;

@@ -49,7 +49,10 @@ class PtrMap {
     --size_;
   }
 
-  void clear() { rehash(1024); }
+  void clear() {
+    slots_.reset();  // drop every entry: rehash() would carry the old ones over
+    rehash(1024);
+  }
   std::size_t size() const { return size_; }
 
  private:
@@ -65,7 +68,8 @@ class PtrMap {
 
   void place(std::uintptr_t key, Value* value) {
     std::size_t i = slot_of(key);
-    while (slots_[i].key != 0) i = (i + 1) & mask_;
+    while (slots_[i].key != 0)
+      i = (i + 1) & mask_;
     slots_[i] = Slot{key, value};
   }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <thread>
+#include <vector>
 
 #include "allocator/release_policy.h"
 
@@ -47,11 +48,13 @@ void Releaser::tick(std::uint64_t now) {
   std::vector<Tracked*> pools;
   {
     std::lock_guard lock(mutex_);
-    for (Tracked& t : pools_) pools.push_back(&t);  // elements are never removed
+    for (Tracked& t : pools_)
+      pools.push_back(&t);  // elements are never removed
   }
   for (Tracked* t : pools) {
     if (stopping_.load(std::memory_order_acquire)) return;
     DevicePool& pool = *t->pool;
+    if (pool.capture_active()) continue;  // retried once the capture ends
     std::uint64_t activity = pool.activity();
     if (activity != t->last_activity) {
       t->last_activity = activity;

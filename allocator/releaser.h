@@ -14,8 +14,8 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <mutex>
-#include <vector>
 
 #include "allocator/device_pool.h"
 
@@ -58,7 +58,7 @@ class Releaser {
 
   std::mutex mutex_;  // guards pools_ and the wake flag for the condition variable
   std::condition_variable cv_;
-  std::vector<Tracked> pools_;
+  std::deque<Tracked> pools_;  // a deque: add_pool() never moves the entries a tick works on
   bool woken_ = false;
   bool started_ = false;
   std::atomic<bool> wake_pending_{false};

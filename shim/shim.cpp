@@ -27,8 +27,8 @@ class LogObserver final : public PoolObserver {
  public:
   void on_release(int device, ReleaseReason reason, std::uint64_t bytes,
                   std::uint64_t segments) override {
-    log_debug("device {}: released {} in {} segment(s) ({})", device, format_size(bytes),
-              segments, to_string(reason));
+    log_debug("device {}: released {} in {} segment(s) ({})", device, format_size(bytes), segments,
+              to_string(reason));
   }
   void on_driver_error(int device, const char* operation, Status status) override {
     if (status == Status::kUnloading) return;
@@ -54,7 +54,8 @@ Shim* Shim::init(const RealRuntime& rt) {
   if (!g_init_state.compare_exchange_strong(expected, kInitialising)) {
     // Another thread is starting the Shim: wait for it (start-up is short and never blocks on
     // the device).
-    while (g_init_state.load(std::memory_order_acquire) == kInitialising) sched_yield();
+    while (g_init_state.load(std::memory_order_acquire) == kInitialising)
+      sched_yield();
     return g_shim.load(std::memory_order_acquire);
   }
   Shim* shim = nullptr;
@@ -62,7 +63,8 @@ Shim* Shim::init(const RealRuntime& rt) {
     std::vector<std::string> warnings;
     Options options = load_options_from_environment(&warnings);
     log_init(options);
-    for (const std::string& w : warnings) log_warn("{}", w);
+    for (const std::string& w : warnings)
+      log_warn("{}", w);
     if (!g_handlers_installed) {
       g_handlers_installed = true;
       pthread_atfork(nullptr, nullptr, &Shim::on_fork_child);
@@ -252,6 +254,7 @@ void Shim::capture_ended(cudaStream_t stream) {
   if (it == capturing_.end()) return;
   capturing_.erase(it);
   gate_.end_capture();
+  if (!gate_.capture_active()) releaser_.wake();  // releases held back by the capture
 }
 
 }  // namespace cudapool

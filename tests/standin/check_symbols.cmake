@@ -1,0 +1,48 @@
+# ctest -P script: the stand-in exports only cuda*/standin* symbols, each under the
+# libcudart.so.13 version node (like NVIDIA's runtime), and a client binds with that version.
+# Inputs: OBJDUMP, LIBRARY (libcudart.so.13), CLIENT (an executable linked against it).
+
+function(dynamic_symbols file out)
+  execute_process(COMMAND ${OBJDUMP} -T ${file} OUTPUT_VARIABLE text RESULT_VARIABLE rc)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "objdump -T ${file} failed (${rc})")
+  endif()
+  set(${out} "${text}" PARENT_SCOPE)
+endfunction()
+
+dynamic_symbols(${LIBRARY} lib)
+string(REPLACE "\n" ";" lines "${lib}")
+set(exported 0)
+foreach(line IN LISTS lines)
+  # Defined symbols: "<addr> g    DF .text  <size>  libcudart.so.13 cudaMalloc"
+  if(NOT line MATCHES "^[0-9a-f]+ .* (\\.text|\\.data|\\.bss|\\.rodata|\\*ABS\\*)[ \t]")
+    continue()
+  endif()
+  if(line MATCHES "[ \t]\\*UND\\*[ \t]")
+    continue()
+  endif()
+  if(line MATCHES "\\*ABS\\*.*libcudart\\.so\\.13[ \t]+libcudart\\.so\\.13$")
+    continue()  # the version node itself
+  endif()
+  if(NOT line MATCHES "[ \t]libcudart\\.so\\.13[ \t]+(cuda|standin)[A-Za-z0-9_]+$")
+    message(FATAL_ERROR "unexpected export (not cuda*/standin* under libcudart.so.13): ${line}")
+  endif()
+  math(EXPR exported "${exported} + 1")
+endforeach()
+foreach(sym cudaMalloc cudaFree cudaMemGetInfo cudaStreamSynchronize cudaMemcpyAsync_ptsz
+            cudaStreamGetCaptureInfo cudaGetDeviceProperties standinGetCounters)
+  if(NOT lib MATCHES "libcudart\\.so\\.13[ \t]+${sym}\n")
+    message(FATAL_ERROR "${LIBRARY} does not export ${sym}@@libcudart.so.13")
+  endif()
+endforeach()
+if(exported LESS 100)
+  message(FATAL_ERROR "only ${exported} exports found in ${LIBRARY}")
+endif()
+
+dynamic_symbols(${CLIENT} client)
+foreach(sym cudaMalloc cudaFree)
+  if(NOT client MATCHES "\\*UND\\*[^\n]*\\(?libcudart\\.so\\.13\\)?[ \t]+${sym}\n")
+    message(FATAL_ERROR "${CLIENT} does not reference ${sym}@libcudart.so.13")
+  endif()
+endforeach()
+message(STATUS "${exported} symbols exported, all cuda*/standin*@@libcudart.so.13")

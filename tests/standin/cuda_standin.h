@@ -1,0 +1,74 @@
+/* cuda_standin.h: extension API of the cudapool stand-in CUDA runtime (libcudart.so.13 for tests).
+ *
+ * Tests and tools call these to read counters and steer the stand-in. A program that may run
+ * against either runtime finds them with dlsym(RTLD_DEFAULT, "standinIsStandin"): NVIDIA's
+ * runtime does not export them. Plain C, no CUDA header needed. All functions are thread-safe.
+ */
+#ifndef CUDAPOOL_CUDA_STANDIN_H_
+#define CUDAPOOL_CUDA_STANDIN_H_
+
+#if defined(__GNUC__)
+#define STANDIN_API __attribute__((visibility("default")))
+#else
+#define STANDIN_API
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct StandinCounters {
+  unsigned long long mallocs;         /* successful device allocations (cudaMalloc, Pitch, Managed,
+                                         MallocAsync, MallocFromPoolAsync) */
+  unsigned long long malloc_failures; /* failed cudaMalloc* calls (out of memory or injected) */
+  unsigned long long frees;           /* successful cudaFree/cudaFreeAsync of device allocations */
+  unsigned long long free_failures; /* failed cudaFree/cudaFreeAsync (unknown pointer, injected) */
+  unsigned long long bytes_held;    /* bytes currently allocated on the device (sizes as requested,
+                                       rounded up to 512) */
+  unsigned long long peak_bytes_held; /* highest bytes_held since start or standinResetCounters */
+  unsigned long long device_syncs;    /* explicit cudaDeviceSynchronize calls that synchronized */
+  unsigned long long implicit_syncs;  /* waits cudaFree performed for queued work (one per
+                                         successful cudaFree of a non-stream-ordered allocation) */
+  unsigned long long stream_syncs;    /* cudaStreamSynchronize + cudaEventSynchronize calls */
+  unsigned long long capture_violations; /* unsafe calls made while a capture was active (sync,
+                                            malloc, free, implicit legacy-stream sync) that
+                                            invalidated a capture */
+  unsigned long long async_ops; /* operations executed by stream workers (memset, memcpy, host
+                                   function, callback, event record, graph launch, free) */
+} StandinCounters;
+
+/* Which API made a device allocation (StandinAllocationInfo.api). */
+enum {
+  STANDIN_API_MALLOC = 1,
+  STANDIN_API_MALLOC_PITCH = 2,
+  STANDIN_API_MALLOC_MANAGED = 3,
+  STANDIN_API_MALLOC_ASYNC = 4 /* cudaMallocAsync and cudaMallocFromPoolAsync */
+};
+
+typedef struct StandinAllocationInfo {
+  unsigned long long base; /* start of the allocation */
+  unsigned long long size; /* size as requested */
+  int device;
+  int api; /* STANDIN_API_* */
+} StandinAllocationInfo;
+
+/* Counters of one device, or summed over all devices for device -1. 0 on success, -1 for an
+ * invalid device or a null out. */
+STANDIN_API int standinGetCounters(int device, StandinCounters* out);
+/* Zeroes every counter of every device except bytes_held; peak_bytes_held := bytes_held. */
+STANDIN_API void standinResetCounters(void);
+/* Returns 1. */
+STANDIN_API int standinIsStandin(void);
+/* Bytes "other processes" use on a device (-1: every device): lowers cudaMemGetInfo's free and
+ * the capacity left to cudaMalloc. Replaces STANDIN_OTHER_MEMORY. */
+STANDIN_API void standinSetOtherMemory(int device, unsigned long long bytes);
+/* The next `count` cudaMalloc* calls (that would allocate) fail with cudaErrorMemoryAllocation. */
+STANDIN_API void standinInjectMallocFailures(int count);
+/* 0 and *out filled when ptr lies inside a live device allocation, else -1. */
+STANDIN_API int standinGetAllocationInfo(const void* ptr, StandinAllocationInfo* out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* CUDAPOOL_CUDA_STANDIN_H_ */
