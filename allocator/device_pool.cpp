@@ -197,9 +197,26 @@ Status DevicePool::allocate_slow(PoolKind kind, std::size_t rounded, void** ptr)
     std::lock_guard lock(mutex_);
     pending = stats_.pending;
   }
-  // A fence is one synchronisation for many blocks; growing is a driver call and more memory.
-  // Fence when at least a segment's worth is pending.
-  if (pending >= segment_size && fence() && try_take()) return Status::kOk;
+  // A fence is one device synchronisation for many blocks; growing is a driver call and more
+  // memory. Fence once enough is pending that the synchronisation pays for itself: a segment's
+  // worth, and for small and medium blocks at least kFenceBatch (a synchronisation costs
+  // microseconds, or waits for the device's queued work: it must stay rare on the hot path).
+  std::uint64_t fence_at =
+      std::max<std::uint64_t>(segment_size, kind == PoolKind::kLarge ? 0 : kFenceBatch);
+  if (pending >= fence_at && fence() && try_take()) return Status::kOk;
+
+  // More than the high watermark is idle, yet none of it fits (say, large segments of other
+  // sizes): the release thread would return it a tick later, but in a burst the pool would grow
+  // by the whole idle amount first. Apply the watermark rule before growing instead.
+  std::uint64_t idle, high, low;
+  {
+    std::lock_guard lock(mutex_);
+    idle = stats_.held - stats_.in_use;
+    high = policy_.high_watermark;
+    low = policy_.low_watermark;
+  }
+  if (idle > high && release_idle(low, ReleaseReason::kWatermark) != 0 && try_take())
+    return Status::kOk;
 
   // Near the limit, a segment of exactly the request when a whole one does not fit.
   std::size_t exact = segment_size > rounded ? rounded : 0;

@@ -2,6 +2,11 @@
 
 namespace cudapool {
 
+bool idle_timer_expired(const Policy& policy, const PolicyInput& in) {
+  return policy.idle_release_ms != 0 && in.now_ms >= in.last_activity_ms &&
+         in.now_ms - in.last_activity_ms >= policy.idle_release_ms;
+}
+
 ReleaseDecision decide_release(const Policy& policy, const PolicyInput& in) {
   ReleaseDecision best;
   std::uint64_t idle = in.held - in.in_use;
@@ -10,9 +15,7 @@ ReleaseDecision decide_release(const Policy& policy, const PolicyInput& in) {
     if (!best.release || keep < best.keep_idle) best = ReleaseDecision{true, keep, reason};
   };
   if (idle > policy.high_watermark) consider(policy.low_watermark, ReleaseReason::kWatermark);
-  if (policy.idle_release_ms != 0 && in.now_ms >= in.last_activity_ms &&
-      in.now_ms - in.last_activity_ms >= policy.idle_release_ms)
-    consider(policy.low_watermark, ReleaseReason::kIdleTimer);
+  if (idle_timer_expired(policy, in)) consider(policy.low_watermark, ReleaseReason::kIdleTimer);
   if (policy.min_device_free != 0 && in.device_free_known &&
       in.device_free < policy.min_device_free) {
     std::uint64_t shortfall = policy.min_device_free - in.device_free;

@@ -27,5 +27,7 @@ struct ReleaseDecision {
 // idle > low -> keep low. Device pressure: device free < min_device_free -> release the shortfall.
 // When several rules fire, the one that keeps least wins.
 ReleaseDecision decide_release(const Policy& policy, const PolicyInput& in);
+// True when the idle timer is on and no allocation happened for idle_release_ms.
+bool idle_timer_expired(const Policy& policy, const PolicyInput& in);
 
 }  // namespace cudapool

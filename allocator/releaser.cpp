@@ -76,8 +76,13 @@ void Releaser::tick(std::uint64_t now) {
       pool.set_wake_threshold(policy.high_watermark);
     }
     if (!d.release) continue;
+    if (d.reason == ReleaseReason::kWatermark && idle <= t->watermark_floor) {
+      // The watermark already did what it could with this much idle memory. The idle timer
+      // still gets its one attempt per quiet period: the layout may have changed since.
+      if (!idle_timer_expired(policy, in)) continue;
+      d.reason = ReleaseReason::kIdleTimer;
+    }
     if (d.reason == ReleaseReason::kIdleTimer && t->idle_release_done) continue;
-    if (d.reason == ReleaseReason::kWatermark && idle <= t->watermark_floor) continue;
     if (pool.releasable_hint() != 0) pool.release_idle(d.keep_idle, d.reason);
     if (d.reason == ReleaseReason::kIdleTimer) t->idle_release_done = true;
     std::uint64_t left = pool.stats().idle();

@@ -26,6 +26,9 @@ inline constexpr std::size_t kSmallSegment = 2 * kMiB;
 inline constexpr std::size_t kMediumMax = 10 * kMiB;
 inline constexpr std::size_t kMediumSegment = 20 * kMiB;
 inline constexpr std::size_t kLargeGranularity = 2 * kMiB;
+// Small and medium misses fence only once this much is pending (DevicePool::allocate_slow), so
+// up to this much freed memory waits for a fence while the pool grows instead.
+inline constexpr std::size_t kFenceBatch = 32 * kMiB;
 // Requests above this cannot be rounded without overflow; they fail as out of memory.
 inline constexpr std::size_t kMaxRequest = SIZE_MAX - kLargeGranularity;
 

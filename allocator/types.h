@@ -29,11 +29,11 @@ inline constexpr std::size_t kGiB = 1024 * kMiB;
 // Outcome of a pool or backend operation; the shim maps it to a cudaError_t.
 enum class Status : std::uint8_t {
   kOk,
-  kOutOfMemory,    // the driver (or the limit) cannot provide the bytes
-  kInvalidValue,   // a pointer inside a segment that is not the start of a live block
-  kNotOwned,       // the pointer is not in any segment of this pool
-  kUnloading,      // the runtime is being torn down (process exit)
-  kError,          // any other driver failure
+  kOutOfMemory,   // the driver (or the limit) cannot provide the bytes
+  kInvalidValue,  // a pointer inside a segment that is not the start of a live block
+  kNotOwned,      // the pointer is not in any segment of this pool
+  kUnloading,     // the runtime is being torn down (process exit)
+  kError,         // any other driver failure
 };
 
 enum class ReuseMode : std::uint8_t { kFence, kImmediate };
@@ -51,8 +51,8 @@ const char* to_string(ReleaseReason reason);
 
 // Release policy of one device, in resolved bytes (percentages already applied).
 struct Policy {
-  std::uint64_t high_watermark = 2 * kGiB;
-  std::uint64_t low_watermark = 512 * kMiB;
+  std::uint64_t high_watermark = 4 * kGiB;
+  std::uint64_t low_watermark = 1 * kGiB;
   std::uint64_t idle_release_ms = 30000;  // 0 = off
   std::uint64_t min_device_free = 0;      // 0 = off
   std::uint64_t limit = 0;                // 0 = none
@@ -74,7 +74,7 @@ struct PoolStats {
   std::uint64_t driver_mallocs = 0;  // segments obtained
   std::uint64_t driver_frees = 0;    // segments returned
   std::uint64_t fences = 0;
-  std::uint64_t releases = 0;        // release operations that returned at least one segment
+  std::uint64_t releases = 0;  // release operations that returned at least one segment
   std::uint64_t released_bytes = 0;
   std::uint64_t oom_retries = 0;     // driver OOMs answered by release-and-retry
   std::uint64_t alloc_failures = 0;  // allocations the pool failed with out-of-memory

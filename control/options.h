@@ -36,10 +36,10 @@
 #define CUDAPOOL_OPTION_TABLE(X)                                                                   \
   X(DISABLE, disable, Bool, "0", false,                                                            \
     "Pass every call straight through to the CUDA runtime; the pool is never used.")              \
-  X(HIGH_WATERMARK, high_watermark, Size, "2GiB", true,                                            \
+  X(HIGH_WATERMARK, high_watermark, Size, "4GiB", true,                                            \
     "When a device's idle bytes (held from the driver but not in use) exceed this, release idle "  \
     "segments down to LOW_WATERMARK. Size or % of device memory.")                                 \
-  X(LOW_WATERMARK, low_watermark, Size, "512MiB", true,                                            \
+  X(LOW_WATERMARK, low_watermark, Size, "1GiB", true,                                              \
     "Idle bytes a device keeps after a release by HIGH_WATERMARK or IDLE_RELEASE_MS; at most "     \
     "HIGH_WATERMARK. Size or % of device memory.")                                                 \
   X(IDLE_RELEASE_MS, idle_release_ms, Duration, "30000", true,                                     \

@@ -47,6 +47,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "control/options.h"
+#include "control/size.h"
 #include "tests/standin/cuda_standin.h"  // the counters' layout only; functions come from dlsym
 
 extern char** environ;
@@ -679,6 +681,7 @@ const char* mode_key(Mode m) {
 
 struct Args {
   std::string runtime = "auto";  // standin | real | auto
+  std::string library;           // --library: libcudapool.so to preload (default: found)
   double scale = 1.0;
   double quiet_seconds = 3.0;
   int settle_ms = 300;  // pause after each busy phase before the bytes are read
@@ -696,7 +699,7 @@ void usage(FILE* out) {
   fprintf(out,
           "usage: cudapool-demo [--runtime standin|real|auto] [--scale F] [--quiet-seconds N]\n"
           "                     [--steady-batches N] [--settle-ms N] [--driver-latency-us N]\n"
-          "                     [--json] [--verbose]\n"
+          "                     [--library PATH] [--json] [--verbose]\n"
           "\n"
           "Plays an inference worker (load 1.5 GiB of weights, one batch of 4 with ~12 GiB of\n"
           "activations, batches of 1, then quiet) three times: with a framework-style caching\n"
@@ -713,10 +716,11 @@ void usage(FILE* out) {
           "                       read, like the gap before the next request (default 300)\n"
           "  --driver-latency-us N  stand-in only: cost of each cudaMalloc/cudaFree (default:\n"
           "                       STANDIN_MALLOC_LATENCY_US/STANDIN_FREE_LATENCY_US or 0)\n"
+          "  --library PATH       the libcudapool.so to preload (default: see below)\n"
           "  --json               print JSON instead of the table\n"
           "  --verbose            show the children's stderr (cudapool's log)\n"
           "\n"
-          "cudapool is found at $CUDAPOOL_LIBRARY, <exe dir>/../shim/libcudapool.so (build tree)\n"
+          "cudapool is found at --library PATH, <exe dir>/../shim/libcudapool.so (build tree)\n"
           "or <exe dir>/../lib/libcudapool.so (installed). CUDAPOOL_* variables are passed on;\n"
           "CUDAPOOL_IDLE_RELEASE_MS defaults to %s here so that the quiet phase shows the idle\n"
           "timer.\n",
@@ -758,6 +762,8 @@ bool parse_args(int argc, char** argv, Args* a) {
       a->driver_latency_us = static_cast<unsigned>(atoi(value()));
     } else if (arg == "--child-timeout") {
       a->child_timeout_s = atoi(value());
+    } else if (arg == "--library") {
+      a->library = value();
     } else if (arg == "--json") {
       a->json = true;
     } else if (arg == "--verbose") {
@@ -889,8 +895,8 @@ struct ChildResult {
   double wall_ms = 0;
 };
 
-std::string find_cudapool() {
-  if (const char* env = env_or_null("CUDAPOOL_LIBRARY")) return env;
+std::string find_cudapool(const std::string& given) {
+  if (!given.empty()) return given;
   std::string dir = dir_of(self_exe());
   for (const char* rel : {"/../shim/libcudapool.so", "/../lib/libcudapool.so",
                           "/../lib64/libcudapool.so", "/libcudapool.so"}) {
@@ -954,7 +960,6 @@ ChildEnv child_env(const Args& args, const RunPlan& plan, Mode mode) {
     const char* cur = env_or_null("LD_LIBRARY_PATH");
     env.set("LD_LIBRARY_PATH", plan.lib_dir + (cur != nullptr ? std::string(":") + cur : ""));
   }
-  env.unset("CUDAPOOL_LIBRARY");  // the demo's own variable; the shim would warn about it
   std::string preload = preload_without_cudapool();
   if (mode == Mode::kCudapool) preload = plan.cudapool + (preload.empty() ? "" : ":" + preload);
   if (preload.empty())
@@ -1128,22 +1133,16 @@ double total_ms(const ChildResult& r) {
   return sum;
 }
 
-// The high watermark cudapool runs with: CUDAPOOL_HIGH_WATERMARK in bytes or binary units, else
-// the default (2 GiB); 0 when it is a percentage (the device's size is not known here).
+// The high watermark cudapool runs with: CUDAPOOL_HIGH_WATERMARK when it is a valid size in
+// bytes, else the options table's default; 0 when it is a percentage (the device's size is not
+// known here).
 std::uint64_t high_watermark_setting() {
+  cudapool::SizeSpec spec;
   const char* v = env_or_null("CUDAPOOL_HIGH_WATERMARK");
-  if (v == nullptr) return 2 * kGiB;
-  char* end = nullptr;
-  double n = strtod(v, &end);
-  if (end == v || n < 0) return 2 * kGiB;  // the shim ignores it too
-  std::string unit = end;
-  for (char& c : unit)
-    c = static_cast<char>(toupper(static_cast<unsigned char>(c)));
-  if (unit.empty() || unit == "B") return static_cast<std::uint64_t>(n);
-  if (unit == "K" || unit == "KB" || unit == "KIB") return static_cast<std::uint64_t>(n * kKiB);
-  if (unit == "M" || unit == "MB" || unit == "MIB") return static_cast<std::uint64_t>(n * kMiB);
-  if (unit == "G" || unit == "GB" || unit == "GIB") return static_cast<std::uint64_t>(n * kGiB);
-  return 0;
+  if (v == nullptr || !cudapool::parse_size(v, true, &spec, nullptr))
+    cudapool::parse_size(cudapool::find_option("HIGH_WATERMARK")->default_value, true, &spec,
+                         nullptr);
+  return spec.is_percent ? 0 : spec.bytes;
 }
 
 // Plain-language conclusions computed from the numbers.
@@ -1345,11 +1344,11 @@ int run_parent(const Args& args) {
       return 2;
     }
   }
-  plan.cudapool = find_cudapool();
+  plan.cudapool = find_cudapool(args.library);
   if (plan.cudapool.empty() || !file_exists(plan.cudapool)) {
     fprintf(stderr,
-            "cudapool-demo: libcudapool.so not found (looked at $CUDAPOOL_LIBRARY, "
-            "<exe dir>/../shim and <exe dir>/../lib); set CUDAPOOL_LIBRARY\n");
+            "cudapool-demo: libcudapool.so not found (looked at --library, "
+            "<exe dir>/../shim and <exe dir>/../lib); give it with --library PATH\n");
     return 2;
   }
   plan.idle_default = env_or_null("CUDAPOOL_IDLE_RELEASE_MS") == nullptr;

@@ -559,7 +559,9 @@ TEST(DevicePool, ImmediateModeStillDefersFreesDuringACapture) {
   EXPECT_EQ(t.alloc(4096), a);
 }
 
-TEST(DevicePool, SlowPathFencesWhenASegmentsWorthIsPending) {
+// Below kFenceBatch pending, a small miss grows the pool: one driver call is cheaper than
+// synchronising the whole device for a few blocks.
+TEST(DevicePool, SlowPathGrowsWhileLittleIsPending) {
   SimPool t(policy_with(kFence));
   std::vector<void*> blocks;
   for (int i = 0; i < 4; ++i)
@@ -569,12 +571,33 @@ TEST(DevicePool, SlowPathFencesWhenASegmentsWorthIsPending) {
   ASSERT_EQ(t.pool.stats().pending, 2 * kMiB);
 
   void* p = t.alloc(512 * kKiB);
+  EXPECT_NE(p, blocks[0]);
+  PoolStats s = t.pool.stats();
+  EXPECT_EQ(s.driver_mallocs, 2u);
+  EXPECT_EQ(s.fences, 0u);
+  EXPECT_EQ(s.pending, 2 * kMiB);
+  EXPECT_EQ(t.backend.counters().syncs, 0u);
+}
+
+// Once kFenceBatch is pending, a miss fences and reuses instead of growing.
+TEST(DevicePool, SlowPathFencesOnceABatchIsPending) {
+  SimPool t(policy_with(kFence));
+  constexpr std::size_t kBlocks = kFenceBatch / (512 * kKiB);
+  std::vector<void*> blocks;
+  for (std::size_t i = 0; i < kBlocks; ++i)
+    blocks.push_back(t.alloc(512 * kKiB));
+  for (void* p : blocks)
+    ASSERT_EQ(t.free(p), Status::kOk);
+  ASSERT_EQ(t.pool.stats().pending, kFenceBatch);
+  const std::uint64_t segments = kFenceBatch / kSmallSegment;
+
+  void* p = t.alloc(512 * kKiB);
   EXPECT_EQ(p, blocks[0]);
   PoolStats s = t.pool.stats();
-  EXPECT_EQ(s.driver_mallocs, 1u);  // fenced instead of growing
+  EXPECT_EQ(s.driver_mallocs, segments);  // fenced instead of growing
   EXPECT_EQ(s.fences, 1u);
   EXPECT_EQ(s.pending, 0u);
-  EXPECT_EQ(s.hits, 1u + 3u);
+  EXPECT_EQ(s.hits, kBlocks - segments + 1);
   EXPECT_EQ(t.backend.counters().syncs, 1u);
 }
 

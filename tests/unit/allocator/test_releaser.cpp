@@ -235,6 +235,39 @@ TEST_F(ReleaserTest, WatermarkIsNotRetriedWhileIdleSitsInPartlyUsedSegments) {
 // A device's pool may be added (first use of that device) while the release thread is inside a
 // tick, blocked in a driver call for another pool. The tick must keep that other pool's state:
 // here, what the watermark attempt left, which stops it from fencing again on the next ticks.
+// The watermark gave up on 9 MiB idle spread over partly used segments. Later the layout changes
+// (one segment becomes wholly free) while idle stays the same: the watermark does not retry, but
+// the idle timer's attempt after a quiet period returns that segment.
+TEST_F(ReleaserTest, IdleTimerFiresWhileTheWatermarkHoldsBack) {
+  Policy p = quiet_policy();
+  p.high_watermark = 4 * kMiB;
+  p.low_watermark = 1 * kMiB;
+  p.idle_release_ms = 1000;
+  SimPool t(p);
+  releaser_.add_pool(&t.pool);
+  std::vector<std::vector<void*>> segs(6);
+  for (auto& seg : segs)
+    for (int i = 0; i < 4; ++i)
+      seg.push_back(t.alloc(512 * kKiB));
+  for (auto& seg : segs)  // one live block per segment: nothing can be returned
+    for (int i = 1; i < 4; ++i)
+      ASSERT_EQ(t.free(seg[i]), Status::kOk);
+  releaser_.tick(base_);
+  ASSERT_EQ(t.pool.stats().driver_frees, 0u);
+
+  ASSERT_EQ(t.free(segs[0][0]), Status::kOk);  // segment 0 is wholly free ...
+  ASSERT_NE(t.alloc(512 * kKiB), nullptr);     // ... and stays so: best fit goes elsewhere
+  ASSERT_EQ(t.pool.stats().idle(), 9 * kMiB);
+  releaser_.tick(base_ + 100);  // activity seen; the watermark does not retry at the same idle
+  EXPECT_EQ(t.pool.stats().driver_frees, 0u);
+
+  releaser_.tick(base_ + 100 + 1000);
+  PoolStats s = t.pool.stats();
+  EXPECT_EQ(s.driver_frees, 1u);
+  EXPECT_EQ(s.held, 10 * kMiB);
+  EXPECT_EQ(by_reason(s, ReleaseReason::kIdleTimer), 1u);
+}
+
 TEST_F(ReleaserTest, PoolAddedDuringATickKeepsTheOtherPoolsState) {
   test::FakeBackend backend;
   SyncGate gate;

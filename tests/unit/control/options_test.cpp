@@ -3,6 +3,9 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <map>
 #include <set>
 #include <sstream>
@@ -83,7 +86,7 @@ std::string bad_value_for(OptionType type) {
 const std::map<std::string, std::pair<std::string, std::string>>& non_default_values() {
   static const std::map<std::string, std::pair<std::string, std::string>> kValues = {
       {"DISABLE", {"yes", "1"}},
-      {"HIGH_WATERMARK", {"4096 MiB", "4GiB"}},
+      {"HIGH_WATERMARK", {"6144 MiB", "6GiB"}},
       {"LOW_WATERMARK", {"1.5g", "1.5GiB"}},
       {"IDLE_RELEASE_MS", {"5s", "5000"}},
       {"MIN_DEVICE_FREE", {"10%", "10%"}},
@@ -135,8 +138,8 @@ TEST(OptionTable, EveryDefaultParsesWithItsOwnParserAndIsCanonical) {
 TEST(OptionTable, ProductDefaults) {
   const Options o;
   EXPECT_FALSE(o.disable);
-  EXPECT_EQ(o.high_watermark, SizeSpec::Bytes(2 * GiB));
-  EXPECT_EQ(o.low_watermark, SizeSpec::Bytes(512 * MiB));
+  EXPECT_EQ(o.high_watermark, SizeSpec::Bytes(4 * GiB));
+  EXPECT_EQ(o.low_watermark, SizeSpec::Bytes(1 * GiB));
   EXPECT_EQ(o.idle_release_ms, std::chrono::milliseconds(30000));
   EXPECT_EQ(o.min_device_free, SizeSpec::Bytes(0));
   EXPECT_EQ(o.limit, SizeSpec::Bytes(0));
@@ -181,14 +184,14 @@ TEST(OptionTable, MarkdownHasOneRowPerOption) {
     EXPECT_NE(row.find(info.runtime ? "| yes |" : "| no |"), std::string::npos) << row;
     EXPECT_EQ(row.back(), '|') << row;
   }
-  EXPECT_NE(table.find("| `CUDAPOOL_HIGH_WATERMARK` | `2GiB` | yes |"), std::string::npos);
+  EXPECT_NE(table.find("| `CUDAPOOL_HIGH_WATERMARK` | `4GiB` | yes |"), std::string::npos);
   EXPECT_EQ(table, options_markdown_table());  // stable text
 }
 
 TEST(OptionTable, DescribeIsOneLineWithEveryOption) {
   const std::string line = describe_options(Options());
   EXPECT_EQ(line.find('\n'), std::string::npos);
-  EXPECT_EQ(line.rfind("disable=0 high_watermark=2GiB low_watermark=512MiB ", 0), 0u) << line;
+  EXPECT_EQ(line.rfind("disable=0 high_watermark=4GiB low_watermark=1GiB ", 0), 0u) << line;
   EXPECT_NE(line.find(" idle_release_ms=30000 "), std::string::npos) << line;
   EXPECT_NE(line.find(" reuse=fence log_level=info log_file=\"\" control=1 "), std::string::npos)
       << line;
@@ -254,8 +257,8 @@ TEST(LoadOptions, BadSizeWarningSaysWhy) {
   const Options options = env.load(&warnings);
   ASSERT_EQ(warnings.size(), 1u);
   EXPECT_NE(warnings[0].find("unknown unit"), std::string::npos) << warnings[0];
-  EXPECT_NE(warnings[0].find("default 2GiB"), std::string::npos) << warnings[0];
-  EXPECT_EQ(options.high_watermark, SizeSpec::Bytes(2 * GiB));
+  EXPECT_NE(warnings[0].find("default 4GiB"), std::string::npos) << warnings[0];
+  EXPECT_EQ(options.high_watermark, SizeSpec::Bytes(4 * GiB));
 }
 
 TEST(LoadOptions, EmptyValueCountsAsUnset) {
@@ -276,7 +279,7 @@ TEST(LoadOptions, UnknownVariableWarnsWithTheClosestOption) {
   EXPECT_NE(warnings[0].find("CUDAPOOL_HIGH_WATERMAK "), std::string::npos) << warnings[0];
   EXPECT_NE(warnings[0].find("did you mean CUDAPOOL_HIGH_WATERMARK?"), std::string::npos)
       << warnings[0];
-  EXPECT_EQ(options.high_watermark, SizeSpec::Bytes(2 * GiB));
+  EXPECT_EQ(options.high_watermark, SizeSpec::Bytes(4 * GiB));
   EXPECT_EQ(options.low_watermark, SizeSpec::Bytes(256 * MiB));
 }
 
@@ -393,7 +396,7 @@ TEST(SetGet, BadValueChangesNothingAndSaysWhy) {
   EXPECT_NE(error.find("HIGH_WATERMARK"), std::string::npos) << error;
   EXPECT_NE(error.find("\"-3G\""), std::string::npos) << error;
   EXPECT_NE(error.find(find_option("HIGH_WATERMARK")->accepted), std::string::npos) << error;
-  EXPECT_EQ(options.high_watermark, SizeSpec::Bytes(2 * GiB));
+  EXPECT_EQ(options.high_watermark, SizeSpec::Bytes(4 * GiB));
 }
 
 TEST(SetGet, UnknownNameSuggestsTheClosest) {
@@ -407,11 +410,11 @@ TEST(SetGet, LoweringHighBelowLowClampsLowAndSaysSo) {
   Options options;
   std::string error;
   std::string note = "stale";
-  ASSERT_TRUE(set_option(&options, "HIGH_WATERMARK", "4G", &error, true, &note));
+  ASSERT_TRUE(set_option(&options, "HIGH_WATERMARK", "8G", &error, true, &note));
   EXPECT_EQ(note, "");
   ASSERT_TRUE(set_option(&options, "HIGH_WATERMARK", "256M", &error, true, &note));
   EXPECT_EQ(options.low_watermark, SizeSpec::Bytes(256 * MiB));
-  EXPECT_NE(note.find("LOW_WATERMARK (512MiB)"), std::string::npos) << note;
+  EXPECT_NE(note.find("LOW_WATERMARK (1GiB)"), std::string::npos) << note;
   ASSERT_TRUE(set_option(&options, "LOW_WATERMARK", "1G", &error, true, &note));
   EXPECT_EQ(options.low_watermark, SizeSpec::Bytes(256 * MiB));
   EXPECT_FALSE(note.empty());
@@ -469,3 +472,24 @@ TEST(ResolveControlDir, ExplicitThenXdgThenTmp) {
 
 }  // namespace
 }  // namespace cudapool
+
+// ---- the README's table ------------------------------------------------------------------------
+
+// README.md carries options_markdown_table() between two markers; a changed row in the table
+// (name, default, doc) must be copied there. On failure the expected text is printed.
+TEST(OptionsReadme, TableMatchesTheCode) {
+  const std::filesystem::path readme =
+      std::filesystem::path(__FILE__).parent_path() / "../../../README.md";
+  std::ifstream in(readme);
+  ASSERT_TRUE(in) << "cannot read " << readme;
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string begin = "<!-- options:begin (generated from control/options.h) -->\n";
+  const std::string end = "<!-- options:end -->";
+  const std::size_t b = text.find(begin);
+  const std::size_t e = text.find(end);
+  ASSERT_NE(b, std::string::npos) << "README.md lacks the line: " << begin;
+  ASSERT_NE(e, std::string::npos) << "README.md lacks the line: " << end;
+  ASSERT_LT(b, e);
+  EXPECT_EQ(text.substr(b + begin.size(), e - b - begin.size()), cudapool::options_markdown_table())
+      << "README.md's options table is out of date; replace it with the text above";
+}
