@@ -9,6 +9,7 @@
 #include <string>
 
 #include "control/log.h"
+#include "control/pipe_server.h"
 #include "control/size.h"
 
 namespace cudapool {
@@ -77,6 +78,7 @@ Shim* Shim::init(const RealRuntime& rt) {
       shim = new Shim(rt, options);  // never deleted: see the lifecycle in shim.h
       log_info("cudapool {} active (runtime: {}): {}", CUDAPOOL_VERSION, rt.origin,
                describe_options(options));
+      if (options.control) shim->start_control();
     }
   } catch (const std::exception& e) {
     log_error("cudapool could not start ({}); every call goes to the CUDA runtime", e.what());
@@ -92,7 +94,11 @@ Shim* Shim::init(const RealRuntime& rt) {
 
 void Shim::on_fork_child() {
   // The parent's pools describe the parent's device memory and its threads are gone: start over
-  // at the child's first call. The old Shim is left as it is (its locks may be held).
+  // at the child's first call. The old Shim is left as it is (its locks may be held); its control
+  // pipe is the parent's: the child closes its descriptor and makes its own pipe.
+  if (Shim* old = g_shim.load(std::memory_order_relaxed);
+      old != nullptr && old->control_ != nullptr)
+    old->control_->abandon_after_fork();
   g_shim.store(nullptr, std::memory_order_relaxed);
   g_init_state.store(kUninitialised, std::memory_order_relaxed);
   reset_real_runtime_after_fork();
@@ -101,7 +107,10 @@ void Shim::on_fork_child() {
 
 void Shim::on_exit() {
   g_exiting.store(true, std::memory_order_release);
-  if (Shim* s = g_shim.load(std::memory_order_acquire)) s->releaser_.stop();
+  if (Shim* s = g_shim.load(std::memory_order_acquire)) {
+    s->releaser_.stop();
+    if (s->control_ != nullptr) s->control_->shutdown();  // stops commands, removes the FIFO
+  }
 }
 
 // ---- pools ------------------------------------------------------------------------------------
@@ -119,6 +128,7 @@ DevicePool* Shim::pool(int device) {
   std::uint64_t free = 0, total = 0;
   if (backend_.device_memory(device, &free, &total) != Status::kOk) return nullptr;
   auto* p = new DevicePool(device, backend_, gate_, policy_for(total), observer_.get());
+  device_totals_[device] = total;
   pools_[device].store(p, std::memory_order_release);
   pool_slots_.store(std::max(pool_slots_.load(std::memory_order_relaxed), device + 1),
                     std::memory_order_release);
@@ -130,6 +140,7 @@ DevicePool* Shim::pool(int device) {
 }
 
 Policy Shim::policy_for(std::uint64_t device_total) const {
+  std::lock_guard options_lock(options_mutex_);
   DeviceLimits limits = resolve_device_limits(options_, device_total);
   Policy p;
   p.high_watermark = limits.high_watermark;

@@ -17,13 +17,17 @@
 #include "allocator/device_pool.h"
 #include "allocator/releaser.h"
 #include "allocator/sync_gate.h"
+#include "control/command.h"
 #include "control/options.h"
 #include "shim/cuda_backend.h"
 #include "shim/real_runtime.h"
 
 namespace cudapool {
 
-class Shim {
+class PipeServer;
+
+// The Shim is also what the control pipe acts on (ControlTarget, defined in shim_control.cpp).
+class Shim final : public ControlTarget {
  public:
   static constexpr int kMaxDevices = 64;
 
@@ -45,6 +49,17 @@ class Shim {
 
   const RealRuntime& runtime() const { return rt_; }
 
+  // ControlTarget (shim_control.cpp): the control pipe's commands.
+  int pid() const override;
+  std::string process_name() const override;
+  std::vector<DeviceReport> devices() override;
+  bool trim(int device, const SizeSpec& keep, std::vector<TrimReport>* out,
+            std::string* error) override;
+  bool set_option(std::string_view name, std::string_view value, std::string* error,
+                  std::string* note) override;
+  std::optional<std::string> get_option(std::string_view name) override;
+  void reset_peaks() override;
+
  private:
   Shim(const RealRuntime& rt, const Options& options);
   static Shim* init(const RealRuntime& rt);
@@ -55,6 +70,7 @@ class Shim {
   DevicePool* existing_pool(int device) const;
   Policy policy_for(std::uint64_t device_total) const;
   void capture_ended(cudaStream_t stream);
+  void start_control();  // the control pipe, when CUDAPOOL_CONTROL is on (shim_control.cpp)
 
   const RealRuntime& rt_;
   Options options_;
@@ -64,7 +80,10 @@ class Shim {
   std::unique_ptr<PoolObserver> observer_;
   std::mutex pools_mutex_;  // serialises pool creation
   std::atomic<DevicePool*> pools_[kMaxDevices] = {};
-  std::atomic<int> pool_slots_{0};  // 1 + highest device with a pool
+  std::atomic<int> pool_slots_{0};                 // 1 + highest device with a pool
+  std::uint64_t device_totals_[kMaxDevices] = {};  // per pool, to resolve percentages on `set`
+  mutable std::mutex options_mutex_;               // options_ may change through `set`
+  PipeServer* control_ = nullptr;                  // the control pipe, or null
   std::mutex capture_mutex_;
   std::vector<cudaStream_t> capturing_;  // streams this process is capturing on
 };

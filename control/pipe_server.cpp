@@ -1,0 +1,302 @@
+#include "control/pipe_server.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <string>
+#include <thread>
+
+#include "control/log.h"
+
+namespace cudapool {
+namespace {
+
+std::string errno_text(int err) {
+  return std::strerror(err);
+}
+
+bool fail(std::string* error, std::string why) {
+  if (error != nullptr) *error = std::move(why);
+  return false;
+}
+
+// A log-friendly copy of a command line: printable, short.
+std::string printable(std::string_view text, std::size_t max = 80) {
+  std::string out;
+  for (char c : text.substr(0, max)) {
+    const auto u = static_cast<unsigned char>(c);
+    out += (u >= 0x20 && u < 0x7f) ? c : '?';
+  }
+  if (text.size() > max) out += "...";
+  return out;
+}
+
+std::string one_line(std::string_view text) {
+  std::string out(text);
+  while (!out.empty() && out.back() == '\n')
+    out.pop_back();
+  for (char& c : out)
+    if (c == '\n') c = ';';
+  return out;
+}
+
+// Consumes a SIGPIPE raised for this thread (blocked here) by a write to a vanished reader.
+void consume_sigpipe() {
+  sigset_t pipe_set;
+  sigemptyset(&pipe_set);
+  sigaddset(&pipe_set, SIGPIPE);
+  const timespec zero{0, 0};
+  while (sigtimedwait(&pipe_set, nullptr, &zero) == SIGPIPE) {
+  }
+}
+
+}  // namespace
+
+bool prepare_control_dir(const std::string& dir, std::string* error) {
+  if (dir.empty() || dir.front() != '/')
+    return fail(error, "control folder \"" + dir + "\" is not an absolute path");
+  if (mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST)
+    return fail(error, "cannot create control folder " + dir + ": " + errno_text(errno));
+  struct stat st {};
+  if (lstat(dir.c_str(), &st) != 0)
+    return fail(error, "cannot inspect control folder " + dir + ": " + errno_text(errno));
+  if (S_ISLNK(st.st_mode)) return fail(error, "control folder " + dir + " is a symlink; refused");
+  if (!S_ISDIR(st.st_mode)) return fail(error, "control folder " + dir + " is not a folder");
+  if (st.st_uid != geteuid()) {
+    return fail(error, "control folder " + dir + " belongs to uid " + std::to_string(st.st_uid) +
+                           ", not to this process's uid " + std::to_string(geteuid()) +
+                           "; refused");
+  }
+  if ((st.st_mode & 022) != 0) {
+    char mode[8];
+    std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
+    return fail(error, "control folder " + dir + " has mode " + mode +
+                           " (writable by others); it must be 0700; refused");
+  }
+  return true;
+}
+
+bool write_reply(const std::string& path, std::string_view text, std::string* error,
+                 std::chrono::milliseconds timeout) {
+  if (path.empty() || path.front() != '/')
+    return fail(error, "reply path is not absolute: " + printable(path));
+  struct stat before {};
+  if (lstat(path.c_str(), &before) != 0)
+    return fail(error, "reply path " + printable(path) + ": " + errno_text(errno));
+  if (!S_ISFIFO(before.st_mode))
+    return fail(error, "reply path " + printable(path) +
+                           " is not a FIFO (symlink or file); "
+                           "refused");
+  if (before.st_uid != geteuid())
+    return fail(error, "reply FIFO " + printable(path) + " belongs to another user; refused");
+  // A reader that opens the FIFO just after sending its command (`echo ... > pipe; cat reply`)
+  // gets until the deadline to do so.
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  int fd = -1;
+  for (;;) {
+    fd = open(path.c_str(), O_WRONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY);
+    if (fd >= 0) break;
+    const int err = errno;
+    if (err == ENXIO && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      continue;
+    }
+    return fail(error, "reply FIFO " + printable(path) + ": " +
+                           (err == ENXIO ? std::string("nobody reads it") : errno_text(err)));
+  }
+  struct stat after {};
+  if (fstat(fd, &after) != 0 || !S_ISFIFO(after.st_mode) || after.st_uid != geteuid() ||
+      after.st_dev != before.st_dev || after.st_ino != before.st_ino) {
+    close(fd);
+    return fail(error, "reply FIFO " + printable(path) + " changed while opening it; refused");
+  }
+  std::size_t done = 0;
+  bool ok = true;
+  while (done < text.size()) {
+    const ssize_t n = write(fd, text.data() + done, text.size() - done);
+    if (n > 0) {
+      done += static_cast<std::size_t>(n);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EAGAIN) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                            deadline - std::chrono::steady_clock::now())
+                            .count();
+      pollfd p{fd, POLLOUT, 0};
+      if (left > 0 && poll(&p, 1, static_cast<int>(left)) > 0 && (p.revents & POLLOUT) != 0)
+        continue;
+      ok = fail(error, "reply FIFO " + printable(path) + ": the reader does not read; gave up");
+      break;
+    }
+    const int err = errno;
+    if (err == EPIPE) consume_sigpipe();
+    ok = fail(error, "reply FIFO " + printable(path) + ": " +
+                         (err == EPIPE ? std::string("the reader went away") : errno_text(err)));
+    break;
+  }
+  close(fd);
+  return ok;
+}
+
+PipeServer::PipeServer(ControlTarget& target, std::string path, int fd, unsigned long long dev,
+                       unsigned long long ino)
+    : target_(target), path_(std::move(path)), fd_(fd), dev_(dev), ino_(ino) {}
+
+PipeServer* PipeServer::start(const std::string& dir, ControlTarget& target) {
+  try {
+    std::string why;
+    if (!prepare_control_dir(dir, &why)) {
+      log_warn("control pipe off: {}", why);
+      return nullptr;
+    }
+    const std::string path = dir + "/" + std::to_string(getpid()) + ".ctl";
+    struct stat st {};
+    if (lstat(path.c_str(), &st) == 0) {
+      // Only a FIFO of ours can be a leftover (a dead process with the same pid): replace it.
+      if (!S_ISFIFO(st.st_mode) || st.st_uid != geteuid()) {
+        log_warn("control pipe off: {} exists and is {}; refused", path,
+                 S_ISLNK(st.st_mode)     ? "a symlink"
+                 : !S_ISFIFO(st.st_mode) ? "not a FIFO"
+                                         : "owned by another user");
+        return nullptr;
+      }
+      unlink(path.c_str());
+    }
+    if (mkfifo(path.c_str(), 0600) != 0) {
+      log_warn("control pipe off: cannot create {}: {}", path, errno_text(errno));
+      return nullptr;
+    }
+    const int fd = open(path.c_str(), O_RDWR | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+      log_warn("control pipe off: cannot open {}: {}", path, errno_text(errno));
+      unlink(path.c_str());
+      return nullptr;
+    }
+    if (fstat(fd, &st) != 0 || !S_ISFIFO(st.st_mode) || st.st_uid != geteuid()) {
+      log_warn("control pipe off: {} was replaced while it was being opened; refused", path);
+      close(fd);
+      return nullptr;
+    }
+    fchmod(fd, 0600);  // whatever the umask did
+    auto* server = new PipeServer(target, path, fd, st.st_dev, st.st_ino);  // lives as long as the
+                                                                            // process (its thread)
+    // The thread starts with every signal blocked: the host's handlers keep running on its own
+    // threads, and a SIGPIPE from a vanished reply reader stays pending here to be consumed.
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    try {
+      std::thread([server] { server->run(); }).detach();
+    } catch (...) {
+      pthread_sigmask(SIG_SETMASK, &old, nullptr);
+      log_warn("control pipe off: cannot start its thread");
+      unlink(path.c_str());
+      close(fd);
+      delete server;
+      return nullptr;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    log_debug("control pipe ready: {}", path);
+    return server;
+  } catch (...) {
+    log_warn("control pipe off: internal error while creating it");
+    return nullptr;
+  }
+}
+
+void PipeServer::shutdown() noexcept {
+  if (stopping_.exchange(true)) return;
+  struct stat st {};
+  if (lstat(path_.c_str(), &st) == 0 && st.st_dev == dev_ && st.st_ino == ino_)
+    unlink(path_.c_str());
+  // Wakes the thread so that it returns (it ignores the blank line). The descriptor stays open:
+  // the thread may still be polling it.
+  const char newline = '\n';
+  [[maybe_unused]] ssize_t n = write(fd_, &newline, 1);
+}
+
+void PipeServer::abandon_after_fork() noexcept {
+  stopping_.store(true);
+  close(fd_);
+}
+
+std::string PipeServer::handle_line(std::string_view line) {
+  const ParsedLine parsed = parse_command(line);
+  if (parsed.blank) return "";
+  CommandResult result;
+  if (parsed.command) {
+    result = execute_command(*parsed.command, target_);
+  } else {
+    result.ok = false;
+    result.error = parsed.error;
+  }
+  if (!parsed.reply_path.empty()) {
+    std::string reply = format_reply(result);
+    std::string why;
+    if (!write_reply(parsed.reply_path, reply, &why))
+      log_warn_ratelimited("control-reply", "control: no reply for \"{}\": {}", printable(line),
+                           why);
+    return reply;
+  }
+  if (result.ok) {
+    std::string text = one_line(result.body);
+    log_ratelimited(LogLevel::kInfo, "control-result", "control: {}: {}", printable(line),
+                    text.empty() ? "OK" : text);
+    return text;
+  }
+  log_warn_ratelimited("control-refused", "control: refused \"{}\": {}", printable(line),
+                       result.error);
+  return "ERR " + result.error;
+}
+
+void PipeServer::run() noexcept {
+  std::string line;
+  bool overlong = false;  // dropping the rest of a line that was too long
+  char chunk[4096];
+  while (!stopping_.load(std::memory_order_acquire)) {
+    pollfd p{fd_, POLLIN, 0};
+    const int ready = poll(&p, 1, -1);
+    if (ready < 0 && errno != EINTR) {
+      log_warn("control pipe {}: poll failed ({}); the pipe is off", path_, errno_text(errno));
+      return;
+    }
+    if (ready <= 0) continue;
+    for (;;) {
+      const ssize_t n = read(fd_, chunk, sizeof chunk);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;  // EAGAIN: drained (never 0: this server is a writer too)
+      for (ssize_t i = 0; i < n; ++i) {
+        const char c = chunk[i];
+        if (c == '\n') {
+          if (overlong) {
+            overlong = false;
+            log_warn_ratelimited("control-overlong", "control: dropped a line longer than {} bytes",
+                                 kMaxLineBytes - 1);
+          } else if (!stopping_.load(std::memory_order_acquire)) {
+            try {
+              handle_line(line);
+            } catch (...) {
+              log_warn_ratelimited("control-error", "control: internal error on a command");
+            }
+          }
+          line.clear();
+        } else if (!overlong) {
+          line += c;
+          if (line.size() >= kMaxLineBytes) {
+            overlong = true;
+            line.clear();
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace cudapool

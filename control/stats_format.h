@@ -1,0 +1,70 @@
+// The counters of a process as the control channel prints them: text, JSON and Prometheus.
+//
+// text        one `key=value` line for the process, then one per device, every number in bytes
+//             (or a count), so `grep`/`awk` and parse_stats_text read it back:
+//               pid=4242 command=server devices=1
+//               device=0 held=1073741824 in_use=2097152 idle=1071644672 pending=0 ...
+// json        {"pid":4242,"command":"server","devices":[{"device":0,"held":...,...}]}
+// prometheus  text exposition format 0.0.4: `# HELP`/`# TYPE` once per family, samples labelled
+//             pid, command and device; merge_prometheus() joins several processes' expositions
+//             into one valid document (for node_exporter's textfile collector).
+// All three formats come from one list of metrics (device_metrics), so they always agree.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "control/command.h"
+
+namespace cudapool {
+
+struct ProcessReport {
+  int pid = 0;
+  std::string command;  // the process's name (/proc/self/comm)
+  std::vector<DeviceReport> devices;
+};
+
+std::string format_stats_text(const ProcessReport& report);
+std::string format_stats_json(const ProcessReport& report);
+std::string format_stats_prometheus(const ProcessReport& report);
+std::string format_stats(const ProcessReport& report, StatsFormat format);
+
+// One number of one device, and how each format names it.
+struct Metric {
+  std::string_view key;     // text and JSON key: "held"
+  std::string_view family;  // Prometheus family: "cudapool_held_bytes"
+  std::string_view type;    // "gauge" or "counter"
+  std::string_view help;    // one line
+  std::string_view label;   // an extra Prometheus label ("reason"), or empty
+  std::string_view label_value;
+  std::uint64_t value = 0;
+};
+std::vector<Metric> device_metrics(const DeviceReport& device);
+
+// Joins Prometheus expositions (each one valid on its own) so that each family's HELP and TYPE
+// appear once and its samples stay together. Lines that are neither comments nor samples are
+// dropped.
+std::string merge_prometheus(const std::vector<std::string>& expositions);
+
+// What `cudapoolctl ps` shows of a process, read back from format_stats_text's output.
+struct DeviceSummary {
+  int device = 0;
+  std::uint64_t held = 0;
+  std::uint64_t in_use = 0;
+  std::uint64_t idle = 0;
+};
+struct ProcessSummary {
+  int pid = 0;
+  std::string command;
+  std::vector<DeviceSummary> devices;
+};
+// False when `text` has no `pid=` line.
+bool parse_stats_text(std::string_view text, ProcessSummary* out);
+
+// Makes a process name safe for one `key=value` word: blanks, '=', quotes and non-printable bytes
+// become '_'; empty becomes "?". At most 64 bytes.
+std::string sanitize_process_name(std::string_view name);
+
+}  // namespace cudapool
