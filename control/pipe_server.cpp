@@ -46,6 +46,10 @@ std::string one_line(std::string_view text) {
   return out;
 }
 
+// Servers live as long as the process (their detached threads use them); this list keeps them
+// reachable for leak checkers once a thread has stopped.
+std::atomic<PipeServer*> g_servers{nullptr};
+
 // Consumes a SIGPIPE raised for this thread (blocked here) by a write to a vanished reader.
 void consume_sigpipe() {
   sigset_t pipe_set;
@@ -203,6 +207,9 @@ PipeServer* PipeServer::start(const std::string& dir, ControlTarget& target) {
       return nullptr;
     }
     pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    server->next_ = g_servers.load();
+    while (!g_servers.compare_exchange_weak(server->next_, server)) {
+    }
     log_debug("control pipe ready: {}", path);
     return server;
   } catch (...) {

@@ -67,6 +67,7 @@ class PipeServer {
   void run() noexcept;
 
   ControlTarget& target_;
+  PipeServer* next_ = nullptr;  // every server ever started, from a global: never a "leak"
   const std::string path_;
   const int fd_;
   const unsigned long long dev_;  // of the FIFO this server made
