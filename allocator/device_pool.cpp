@@ -90,12 +90,9 @@ Status DevicePool::free(void* ptr, bool* wake_releaser) {
 // ---- block bookkeeping (mutex_ held) --------------------------------------------------------
 
 DevicePool::Block* DevicePool::take_free_block(PoolKind kind, std::size_t rounded) {
-  FreeIndex<Block>& index = free_index(kind);
-  Block* b = index.best_fit(rounded);
-  if (b == nullptr) return nullptr;
-  if (kind == PoolKind::kLarge && b->size > largest_acceptable_fit(rounded)) return nullptr;
-  index.erase(b);
-  return carve(b, rounded);
+  std::size_t max_size = kind == PoolKind::kLarge ? largest_acceptable_fit(rounded) : SIZE_MAX;
+  Block* b = free_index(kind).take_best_fit(rounded, max_size);
+  return b != nullptr ? carve(b, rounded) : nullptr;
 }
 
 // Hands out the front of free block `b` (not in any index), returning the rest to the index.
@@ -121,7 +118,8 @@ DevicePool::Block* DevicePool::carve(Block* b, std::size_t rounded) {
   stats_.in_use += b->size;
   ++stats_.live_blocks;
   ++stats_.app_mallocs;
-  activity_.fetch_add(1, std::memory_order_relaxed);
+  // Every writer holds mutex_: a plain increment, no read-modify-write on the bus.
+  activity_.store(activity_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   note_peaks();
   return b;
 }

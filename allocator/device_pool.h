@@ -3,7 +3,7 @@
 // Data structures (all guarded by mutex_):
 //   segments_   address -> Segment, every segment this pool holds;
 //   live_       block address -> Block, every block in use (the cudaFree lookup);
-//   free_[k]    free blocks of size class k, best fit by (size, address);
+//   free_[k]    free blocks of size class k, for best fit (free_index.h);
 //   pending     FIFO of freed blocks waiting for a fence, each stamped with a sequence number.
 // Invariants:
 //   - the blocks of a segment tile it exactly, in address order (prev/next links), and no two
@@ -103,6 +103,8 @@ class DevicePool {
     Block* prev = nullptr;  // neighbours in the segment, by address
     Block* next = nullptr;
     Block* pending_next = nullptr;
+    Block* free_prev = nullptr;  // neighbours in a FreeIndex bin
+    Block* free_next = nullptr;
     std::uint64_t pending_seq = 0;
     enum class State : std::uint8_t { kFree, kInUse, kPending } state = State::kFree;
   };
@@ -141,7 +143,8 @@ class DevicePool {
   Policy policy_;
   std::map<std::uintptr_t, Segment*> segments_;
   PtrMap<Block> live_;
-  FreeIndex<Block> free_[kPoolKinds];
+  FreeIndex<Block> free_[kPoolKinds] = {FreeIndex<Block>(kSmallSegment),
+                                        FreeIndex<Block>(kMediumSegment), FreeIndex<Block>(0)};
   Block* pending_head_ = nullptr;
   Block* pending_tail_ = nullptr;
   std::uint64_t pending_seq_ = 0;
