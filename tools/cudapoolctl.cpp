@@ -213,6 +213,24 @@ bool is_byte_key(std::string_view key) {
   return false;
 }
 
+// Short size for tables: "1.50 GiB".
+std::string short_size(std::uint64_t bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double value = static_cast<double>(bytes);
+  int u = 0;
+  while (value >= 1024 && u < 4) {
+    value /= 1024;
+    ++u;
+  }
+  char buf[32];
+  if (u == 0) {
+    std::snprintf(buf, sizeof buf, "%llu B", static_cast<unsigned long long>(bytes));
+  } else {
+    std::snprintf(buf, sizeof buf, "%.2f %s", value, units[u]);
+  }
+  return buf;
+}
+
 // `stats text` as a readable list: sizes with units, one counter a line.
 void print_pretty_stats(const std::string& text) {
   std::size_t start = 0;
@@ -248,7 +266,7 @@ void print_pretty_stats(const std::string& text) {
       char* end = nullptr;
       const unsigned long long n = std::strtoull(v.c_str(), &end, 10);
       if (is_byte_key(k) && end != nullptr && *end == '\0') {
-        std::printf("  %-26s %-12s (%s)\n", k.c_str(), format_size(n).c_str(), v.c_str());
+        std::printf("  %-26s %-12s (%s)\n", k.c_str(), short_size(n).c_str(), v.c_str());
       } else {
         std::printf("  %-26s %s\n", k.c_str(), v.c_str());
       }
@@ -256,23 +274,6 @@ void print_pretty_stats(const std::string& text) {
   }
 }
 
-// Short size for tables: "1.50 GiB".
-std::string short_size(std::uint64_t bytes) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  double value = static_cast<double>(bytes);
-  int u = 0;
-  while (value >= 1024 && u < 4) {
-    value /= 1024;
-    ++u;
-  }
-  char buf[32];
-  if (u == 0) {
-    std::snprintf(buf, sizeof buf, "%llu B", static_cast<unsigned long long>(bytes));
-  } else {
-    std::snprintf(buf, sizeof buf, "%.2f %s", value, units[u]);
-  }
-  return buf;
-}
 
 void print_summary_header() {
   std::printf("%-8s %-16s %-6s %12s %12s %12s\n", "PID", "COMMAND", "DEVICE", "HELD", "IN USE",
@@ -439,9 +440,12 @@ int cmd_run(const Args& args) {
     const std::string variable = std::string(kEnvPrefix) + std::string(info->name);
     setenv(variable.c_str(), value.c_str(), 1);
   }
+  // Whatever is preloaded already stays first (a sanitizer runtime must be, an allocator such as
+  // jemalloc may be); cudapool goes after it, unless it is there already.
   const char* preload = std::getenv("LD_PRELOAD");
-  std::string new_preload = lib;
-  if (preload != nullptr && *preload != '\0') new_preload += std::string(":") + preload;
+  std::string new_preload = preload != nullptr ? preload : "";
+  if (new_preload.find(lib) == std::string::npos)
+    new_preload += (new_preload.empty() ? "" : ":") + lib;
   setenv("LD_PRELOAD", new_preload.c_str(), 1);
 
   std::vector<char*> argv;

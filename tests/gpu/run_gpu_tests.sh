@@ -8,7 +8,7 @@
 # package registry or gtest/spdlog needed here). Release keeps it small enough to carry (~10 MiB
 # with these targets, ~24 MiB with all; RelWithDebInfo with all is ~180 MiB):
 #   cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCUDAPOOL_BUILD_GPU_TESTS=ON
-#   ninja -C build-gpu cudapool cudapool_demo cudapool_hotpath reuse_kernels
+#   ninja -C build-gpu cudapool cudapool_demo cudapool_hotpath reuse_kernels cudapoolctl
 # --build DIR   that build folder (default ./build-gpu); it may have been moved or copied.
 # --budget S    time for the whole run (default 440 s); steps get at most what is left.
 # OUTDIR        where the logs go (default $OUT, else ./gpu-results): OUTDIR/<step>.log for every
@@ -184,6 +184,14 @@ fi
 if need hotpath_native "$HOTPATH"; then
   run_step hotpath_native 120 env LD_LIBRARY_PATH="$NV_LD_PATH" "$HOTPATH" --batches 50 --warmup 5
   record hotpath_native "$(status_of)" "$TOOK" "$(why hotpath_native)$(hot_numbers "$OUTDIR/hotpath_native.log")"
+fi
+
+# ---- the control pipe: cudapoolctl trim against a PyTorch process --------------------------------
+CTL="$BUILD/tools/cudapoolctl"
+if need control_trim "$CTL" && "$PYTHON" -c 'import torch' >/dev/null 2>&1; then
+  run_step control_trim 90 env LD_LIBRARY_PATH="$NV_LD_PATH" PYTHON="$PYTHON" \
+    "$HERE/control_trim.sh" "$SHIM" "$CTL"
+  record control_trim "$(status_of)" "$TOOK" "$(why control_trim)$(grep -h '^RESULT' "$OUTDIR/control_trim.log" | tail -1)"
 fi
 
 # ---- PyTorch: per-tensor cudaMalloc under cudapool, against PyTorch without it -----------------
