@@ -23,9 +23,11 @@
 #include <cstdint>
 #include <map>
 #include <mutex>
+#include <vector>
 
 #include "allocator/backend.h"
 #include "allocator/free_index.h"
+#include "allocator/pool_mutex.h"
 #include "allocator/ptr_map.h"
 #include "allocator/size_classes.h"
 #include "allocator/sync_gate.h"
@@ -41,6 +43,20 @@ class PoolObserver {
   virtual void on_release(int device, ReleaseReason reason, std::uint64_t bytes,
                           std::uint64_t segments) = 0;
   virtual void on_driver_error(int device, const char* operation, Status status) = 0;
+};
+
+// A copy of one segment and its blocks, for reports (DevicePool::segments()).
+struct SegmentView {
+  enum class BlockState : std::uint8_t { kFree, kInUse, kPending };
+  struct BlockView {
+    std::uintptr_t addr = 0;
+    std::uint64_t size = 0;
+    BlockState state = BlockState::kFree;
+  };
+  std::uintptr_t base = 0;
+  std::uint64_t size = 0;
+  PoolKind kind = PoolKind::kSmall;
+  std::vector<BlockView> blocks;  // in address order; they tile the segment
 };
 
 class DevicePool {
@@ -81,6 +97,9 @@ class DevicePool {
   bool capture_active() const { return gate_.capture_active(); }
 
   PoolStats stats() const;
+  // Every segment with its blocks, in address order, copied under the lock (reports only: the
+  // copy allocates). Byte totals match stats() taken at the same moment.
+  std::vector<SegmentView> segments() const;
   void reset_peaks();
   Policy policy() const;
   void set_policy(const Policy& policy);
@@ -138,7 +157,7 @@ class DevicePool {
   SyncGate& gate_;
   PoolObserver* observer_;
 
-  mutable std::mutex mutex_;
+  mutable PoolMutex mutex_;  // adaptive: spins briefly before sleeping (pool_mutex.h)
   std::mutex release_mutex_;
   Policy policy_;
   std::map<std::uintptr_t, Segment*> segments_;
