@@ -31,9 +31,21 @@ cudaError_t no_runtime() {
 }
 
 // Runs `pooled(shim)` when the pool is active, `native()` otherwise or on any failure.
+// Once: the runtime lacks functions the pool needs, so the pool stays off.
+void note_passthrough_only(const RealRuntime& rt) {
+  static std::atomic<bool> said{false};
+  if (!said.exchange(true))
+    log_error("the CUDA runtime has no {}; cudapool is off and passes every call through",
+              rt.first_missing != nullptr ? rt.first_missing : "?");
+}
+
 template <typename Pooled, typename Native>
 cudaError_t dispatch(const RealRuntime& rt, Pooled&& pooled, Native&& native) {
   if (t_inside) return native();
+  if (rt.passthrough_only) [[unlikely]] {
+    note_passthrough_only(rt);
+    return native();
+  }
   InsideScope scope;
   try {
     if (Shim* shim = Shim::get(rt)) return pooled(*shim);

@@ -41,6 +41,38 @@ void bind_all(void* handle, RealRuntime* rt) {
   bind(handle, "cudaGetLastError", rt->cudaGetLastError);
 }
 
+// Stand-ins for the functions a partial runtime lacks (DESIGN §4.1: pass through, never crash).
+template <typename Fn>
+struct Missing;
+template <typename... Args>
+struct Missing<cudaError_t(Args...)> {
+  static cudaError_t call(Args...) { return cudaErrorInsufficientDriver; }
+};
+
+template <typename Fn>
+void stub_if_missing(Fn*& slot, const char* name, RealRuntime* rt) {
+  if (slot != nullptr) return;
+  slot = &Missing<Fn>::call;
+  if (rt->first_missing == nullptr) rt->first_missing = name;
+}
+
+// A runtime that has cudaMalloc but not everything else the pool needs: pass-through only.
+void make_passthrough_only(RealRuntime* rt) {
+  rt->passthrough_only = true;
+  rt->origin = "an incomplete CUDA runtime (pass-through only)";
+  stub_if_missing(rt->cudaFree, "cudaFree", rt);
+  stub_if_missing(rt->cudaMemGetInfo, "cudaMemGetInfo", rt);
+  stub_if_missing(rt->cudaDeviceReset, "cudaDeviceReset", rt);
+  stub_if_missing(rt->cudaIpcGetMemHandle, "cudaIpcGetMemHandle", rt);
+  stub_if_missing(rt->cudaStreamEndCapture, "cudaStreamEndCapture", rt);
+  stub_if_missing(rt->cudaStreamIsCapturing, "cudaStreamIsCapturing", rt);
+  stub_if_missing(rt->cudaGetDevice, "cudaGetDevice", rt);
+  stub_if_missing(rt->cudaSetDevice, "cudaSetDevice", rt);
+  stub_if_missing(rt->cudaGetDeviceCount, "cudaGetDeviceCount", rt);
+  stub_if_missing(rt->cudaDeviceSynchronize, "cudaDeviceSynchronize", rt);
+  stub_if_missing(rt->cudaGetLastError, "cudaGetLastError", rt);
+}
+
 // Address of this library, to skip it when scanning loaded objects.
 int self_marker;
 
@@ -73,6 +105,7 @@ const RealRuntime* resolve() {
     rt->origin = "the next library in link order";
     return rt;
   }
+  RealRuntime next_in_order = *rt;
   LoadedRuntime loaded;
   dl_iterate_phdr(find_loaded_runtime, &loaded);
   if (!loaded.path.empty()) {
@@ -85,6 +118,11 @@ const RealRuntime* resolve() {
         return rt;
       }
     }
+  }
+  if (next_in_order.cudaMalloc != nullptr) {  // the program's runtime, partly missing
+    *rt = next_in_order;
+    make_passthrough_only(rt);
+    return rt;
   }
   delete rt;
   return nullptr;

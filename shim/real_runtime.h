@@ -36,6 +36,11 @@ struct RealRuntime {
   cudaError_t (*cudaDeviceSynchronize)() = nullptr;
   cudaError_t (*cudaGetLastError)() = nullptr;
 
+  // A runtime was found but lacks a function the pool needs (named here): the missing ones answer
+  // cudaErrorInsufficientDriver, every call goes to the runtime as is and the pool stays off.
+  bool passthrough_only = false;
+  const char* first_missing = nullptr;
+
   // True when every function the pool needs was found (the capture variants are optional).
   bool complete() const;
 };

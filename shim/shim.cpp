@@ -177,7 +177,9 @@ cudaError_t Shim::malloc(void** ptr, size_t size) {
     return cudaErrorMemoryAllocation;
   }
   // The pool could not serve it: the native call gives the native answer (and last error). It
-  // may also succeed where a whole segment could not; that block is then simply not pooled.
+  // may also succeed where a whole segment could not; that block is then simply not pooled. The
+  // pool's own failed attempts must not show in cudaGetLastError after a native success.
+  if (failures != CudaBackend::thread_failures()) rt_.cudaGetLastError();
   return rt_.cudaMalloc(ptr, size);
 }
 

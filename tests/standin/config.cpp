@@ -142,6 +142,8 @@ Config load_config() {
   });
   with_env("STANDIN_ASYNC_DELAY_US",
            [&](const char* v) { return parse_u64(v, &c.async_delay_us); });
+  with_env("STANDIN_LATENCY_JITTER_US",
+           [&](const char* v) { return parse_u64(v, &c.latency_jitter_us); });
   return c;
 }
 

@@ -64,6 +64,9 @@ STANDIN_API int standinIsStandin(void);
 STANDIN_API void standinSetOtherMemory(int device, unsigned long long bytes);
 /* The next `count` cudaMalloc* calls (that would allocate) fail with cudaErrorMemoryAllocation. */
 STANDIN_API void standinInjectMallocFailures(int count);
+/* Failures the stand-in injected so far (STANDIN_FAIL_MALLOC_AT/RATE, standinInjectMallocFailures,
+ * STANDIN_FAIL_FREE_AT), all devices. */
+STANDIN_API unsigned long long standinInjectedFaults(void);
 /* 0 and *out filled when ptr lies inside a live device allocation, else -1. */
 STANDIN_API int standinGetAllocationInfo(const void* ptr, StandinAllocationInfo* out);
 

@@ -70,8 +70,11 @@ cudaError_t allocate(void** out, size_t size, int device, AllocApi api) {
     d.counters.malloc_failures.fetch_add(1);
     return cudaErrorMemoryAllocation;
   };
-  if (inject_malloc_failure(r)) return fail();
-  delay_us(r.config.malloc_latency_us);
+  if (inject_malloc_failure(r)) {
+    r.injected_faults.fetch_add(1);
+    return fail();
+  }
+  delay_with_jitter_us(r.config.malloc_latency_us);
   uint64_t accounted = 0, mapped = 0;
   if (size > d.capacity || !round_up(size, kAlign, &accounted) ||
       !round_up(size, page_size(), &mapped))
@@ -381,6 +384,7 @@ cudaError_t cudaFree(void* devPtr) {
     for (uint64_t at : r.config.fail_free_at) {
       if (at != n) continue;
       r.device(it->second.device)->counters.free_failures.fetch_add(1);
+      r.injected_faults.fetch_add(1);
       return ret(cudaErrorLaunchFailure);
     }
     it->second.free_pending = true;
@@ -393,7 +397,7 @@ cudaError_t cudaFree(void* devPtr) {
       drain_device(dev->index);
     d.counters.implicit_syncs.fetch_add(1);
   }
-  delay_us(r.config.free_latency_us);
+  delay_with_jitter_us(r.config.free_latency_us);
   {
     std::lock_guard g(r.alloc_mu);
     r.allocations.erase(base);

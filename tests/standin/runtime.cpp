@@ -111,6 +111,19 @@ void delay_us(uint64_t us) {
   std::this_thread::sleep_for(std::chrono::microseconds(us));
 }
 
+void delay_with_jitter_us(uint64_t base) {
+  const uint64_t jitter = rt().config.latency_jitter_us;
+  if (jitter == 0) {
+    delay_us(base);
+    return;
+  }
+  // Per-thread generator: no shared state, different sequences per thread.
+  thread_local uint64_t state =
+      rt().config.seed ^ (reinterpret_cast<uintptr_t>(&state) * 0x9E3779B97F4A7C15ull);
+  state = state * 6364136223846793005ull + 1442695040888963407ull;
+  delay_us(base + (state >> 33) % (jitter + 1));
+}
+
 void note_held_peak(Device& d, uint64_t held) {
   uint64_t peak = d.counters.peak_bytes_held.load(std::memory_order_relaxed);
   while (held > peak &&
@@ -240,6 +253,10 @@ void standinSetOtherMemory(int device, unsigned long long bytes) {
   Runtime& r = rt();
   for (auto& d : r.devices)
     if (device == -1 || d->index == device) d->other_bytes.store(bytes);
+}
+
+unsigned long long standinInjectedFaults(void) {
+  return rt().injected_faults.load();
 }
 
 void standinInjectMallocFailures(int count) {

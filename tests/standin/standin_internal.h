@@ -43,6 +43,7 @@ struct Config {
   std::vector<uint64_t> fail_free_at;  // 1-based call numbers
   bool no_driver = false;
   uint64_t async_delay_us = 0;
+  uint64_t latency_jitter_us = 0;  // extra random 0..N us per malloc, free and stream op
 };
 Config load_config();
 // "1024", "64K", "64KiB", "1.5GiB", "2G" (binary units; B, KB, MB... also mean binary).
@@ -329,6 +330,7 @@ struct Runtime {
   std::atomic<uint64_t> malloc_calls{0};
   std::atomic<uint64_t> free_calls{0};
   std::atomic<int64_t> injected_malloc_failures{0};
+  std::atomic<uint64_t> injected_faults{0};  // failures caused by injection (malloc and free)
 
   // Captures.
   std::mutex capture_mu;
@@ -352,6 +354,8 @@ Runtime& rt();
 cudaError_t enter();
 // Sleeps (or spins, for short waits) `us` microseconds.
 void delay_us(uint64_t us);
+// delay_us(base + a random 0..STANDIN_LATENCY_JITTER_US).
+void delay_with_jitter_us(uint64_t base);
 void note_held_peak(Device& d, uint64_t held);
 
 // Handles and addresses kept as integers, turned back into the API's pointer types.

@@ -43,7 +43,7 @@ void worker_main(std::shared_ptr<Stream> s, WorkerSlot* slot) {
       wait_for(*d.stream, d.seq);
     op.deps.clear();
     if (r.shutting_down.load()) break;
-    delay_us(delay);
+    delay_with_jitter_us(delay);
     if (op.work) op.work();
     if (op.counted) dev.counters.async_ops.fetch_add(1, std::memory_order_relaxed);
     op.work = nullptr;
