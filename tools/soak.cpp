@@ -333,8 +333,10 @@ bool stamps_intact(const unsigned char* p, std::size_t n, std::uint64_t seed, st
 // ---- pausing the workers for the counter checks
 // --------------------------------------------------
 
-std::mutex g_pause_mu;
-std::condition_variable g_pause_cv;
+// Never destroyed: a fork child's exit() would wait in the condition variable's destructor for
+// the parent's waiting threads, which do not exist in the child.
+std::mutex& g_pause_mu = *new std::mutex;
+std::condition_variable& g_pause_cv = *new std::condition_variable;
 bool g_pause_requested = false;  // guarded by g_pause_mu
 int g_paused = 0;                // guarded by g_pause_mu
 int g_running_workers = 0;       // guarded by g_pause_mu
