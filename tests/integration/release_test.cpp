@@ -2,6 +2,7 @@
 // burst. Registered with STANDIN_DEVICE_MEMORY=16GiB and per-test watermarks (CMakeLists.txt).
 #include <dlfcn.h>
 
+#include <cstdio>
 #include <random>
 #include <vector>
 
@@ -119,6 +120,50 @@ TEST(Release, DevicePressureReleasesWhenOthersNeedMemory) {
       << "device free stays at " << native_mem_info().first / kMiB << " MiB";
   EXPECT_GT(counters().bytes_held, 0u) << "released more than the pressure asked for";
   set_other(0, 0);
+}
+
+// Inference-like churn with the default policy: requests of mixed sizes (norms and biases,
+// activations, attention buffers; eight sequence lengths), at most a few hundred MiB live. Once the
+// pool holds what a request needs, requests are served without the driver: over the run the
+// driver sees at most 1% of the application's cudaMalloc calls (DESIGN §1, README).
+TEST(Churn, DriverSeesAtMostOnePercentOfTheCalls) {
+  std::mt19937_64 rng(5);
+  const std::uint64_t seq_lengths[] = {64, 128, 192, 256, 384, 512, 768, 1024};
+  const StandinCounters before = counters();
+  std::uint64_t app_mallocs = 0;
+  for (int request = 0; request < 400; ++request) {
+    const std::uint64_t seq = seq_lengths[rng() % 8];
+    std::vector<void*> live;
+    for (int layer = 0; layer < 24; ++layer) {
+      const std::uint64_t sizes[] = {
+          4 * 1024,                  // a norm's statistics
+          (512 + rng() % 8192) * 4,  // a bias, small odds and ends
+          seq * 1024 * 4,            // activations: seq x hidden (1024) floats, 256 KiB - 4 MiB
+          seq * 4096 * 4,            // the MLP's inner activations, 1 - 16 MiB
+          seq * seq * 16 * 2,        // attention scores, 16 heads in half precision
+      };
+      for (std::uint64_t size : sizes) {
+        void* p = nullptr;
+        ASSERT_CUDA_OK(cudaMalloc(&p, size));
+        ++app_mallocs;
+        live.push_back(p);
+      }
+      // Temporaries die within the layer; the layer's output lives on to the next layer.
+      while (live.size() > 3) {
+        ASSERT_CUDA_OK(cudaFree(live.front()));
+        live.erase(live.begin());
+      }
+    }
+    for (void* p : live)
+      ASSERT_CUDA_OK(cudaFree(p));
+  }
+  const StandinCounters after = counters();
+  const std::uint64_t driver_calls =
+      (after.mallocs - before.mallocs) + (after.frees - before.frees);
+  std::printf("churn: %llu application cudaMalloc calls, %llu driver calls (%.3f%%)\n",
+              static_cast<unsigned long long>(app_mallocs),
+              static_cast<unsigned long long>(driver_calls), 100.0 * driver_calls / app_mallocs);
+  EXPECT_LE(driver_calls * 100, app_mallocs);
 }
 
 }  // namespace
