@@ -85,14 +85,18 @@ struct Options {
 };
 
 [[noreturn]] void usage(const char* why) {
-  fprintf(stderr,
+  const bool help = why == nullptr;
+  fprintf(help ? stdout : stderr,
           "cudapool-soak: %s\n"
           "usage: cudapool-soak [--seconds N] [--threads N] [--seed S] [--fork-every MS]\n"
           "                     [--pipe-chaos | --no-pipe-chaos] [--check-ms MS] [--devices N]\n"
           "                     [--device-memory SIZE] [--fail-rate R] [--jitter-us N]\n"
-          "                     [--library PATH] [--summary FILE]\n",
-          why);
-  exit(2);
+          "                     [--library PATH] [--summary FILE]\n"
+          "defaults: --seconds 20 --threads 4 --seed 1 --fork-every 2000 --pipe-chaos\n"
+          "          --check-ms 500 --devices 2 --device-memory 2GiB --fail-rate 0.02\n"
+          "          --jitter-us 50; docs/reliability.md describes the checks\n",
+          help ? "soak and chaos run of libcudapool.so on the stand-in CUDA runtime" : why);
+  exit(help ? 0 : 2);
 }
 
 Options parse_options(int argc, char** argv) {
@@ -110,6 +114,7 @@ Options parse_options(int argc, char** argv) {
       if (i + 1 >= argc) usage(("missing value for " + a).c_str());
       return argv[++i];
     };
+    if (a == "--help" || a == "-h") usage(nullptr);
     try {
       if (a == "--seconds")
         o.seconds = std::stod(next());
