@@ -442,6 +442,26 @@ PoolStats DevicePool::stats() const {
   return stats_;
 }
 
+std::vector<SegmentView> DevicePool::segments() const {
+  std::vector<SegmentView> out;
+  std::lock_guard lock(mutex_);
+  out.reserve(segments_.size());
+  for (const auto& [base, seg] : segments_) {
+    SegmentView view;
+    view.base = seg->base;
+    view.size = seg->size;
+    view.kind = seg->kind;
+    for (const Block* b = seg->first; b != nullptr; b = b->next) {
+      SegmentView::BlockState state = SegmentView::BlockState::kFree;
+      if (b->state == Block::State::kInUse) state = SegmentView::BlockState::kInUse;
+      if (b->state == Block::State::kPending) state = SegmentView::BlockState::kPending;
+      view.blocks.push_back({b->addr, b->size, state});
+    }
+    out.push_back(std::move(view));
+  }
+  return out;
+}
+
 void DevicePool::reset_peaks() {
   std::lock_guard lock(mutex_);
   stats_.peak_held = stats_.held;

@@ -16,6 +16,7 @@ constexpr std::string_view kHelp =
     "get NAME                         an option's value (HIGH_WATERMARK, LIMIT, ...)\n"
     "set NAME VALUE                   change a run-time option\n"
     "reset-peaks                      peak held and peak in use := current values\n"
+    "snapshot [text|json] [top=N]     live bytes by allocation stack (largest first), segment maps\n"
     "Any command may end with reply=PATH (a FIFO of the same user): the answer goes there, last\n"
     "line OK or ERR <reason>; without it the answer goes to the log.\n";
 
@@ -140,6 +141,26 @@ ParsedLine parse_command(std::string_view line) {
                     "unknown stats format " + quote(format) + " (text, json or prometheus)");
     }
     if (!rest.empty()) return refuse(std::move(parsed), "stats takes one format at most");
+  } else if (equals_ignore_case(verb, "snapshot")) {
+    command.kind = CommandKind::kSnapshot;
+    while (!rest.empty()) {
+      const std::string_view word = next_word(&rest);
+      if (equals_ignore_case(word, "text")) {
+        command.format = StatsFormat::kText;
+      } else if (equals_ignore_case(word, "json")) {
+        command.format = StatsFormat::kJson;
+      } else if (word.size() > 4 && equals_ignore_case(word.substr(0, 4), "top=")) {
+        int n = 0;
+        const std::string_view digits = word.substr(4);
+        auto [ptr, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), n);
+        if (ec != std::errc() || ptr != digits.data() + digits.size() || n < 1 || n > 100000)
+          return refuse(std::move(parsed), "bad top " + quote(digits) + " (1 to 100000)");
+        command.top = static_cast<std::size_t>(n);
+      } else {
+        return refuse(std::move(parsed),
+                      "unknown snapshot argument " + quote(word) + " (text, json, top=N)");
+      }
+    }
   } else if (equals_ignore_case(verb, "trim")) {
     command.kind = CommandKind::kTrim;
     bool have_keep = false;
@@ -228,6 +249,15 @@ CommandResult execute_command(const Command& command, ControlTarget& target) {
       case CommandKind::kResetPeaks:
         target.reset_peaks();
         return result;
+      case CommandKind::kSnapshot: {
+        Snapshot snapshot;
+        std::string why;
+        if (!target.snapshot(&snapshot, &why)) return fail(why);
+        result.body = command.format == StatsFormat::kJson
+                          ? format_snapshot_json(snapshot, command.top)
+                          : format_snapshot_text(snapshot, command.top);
+        return result;
+      }
     }
   } catch (const std::exception& e) {
     return fail(std::string("internal error: ") + e.what());

@@ -8,6 +8,7 @@
 //   set NAME VALUE                       change a run-time option (options table,
 //   control/options.h) reset-peaks                          peak_held := held, peak_in_use :=
 //   in_use
+//   snapshot [text|json] [top=N]         live bytes by allocation stack, segment maps
 // Any command may end with `reply=PATH` (an absolute path of a FIFO): the pipe server writes the
 // answer there, last line `OK` or `ERR <reason>`; without it the answer goes to the log.
 //
@@ -24,6 +25,7 @@
 
 #include "allocator/types.h"
 #include "control/size.h"
+#include "control/snapshot.h"
 
 namespace cudapool {
 
@@ -31,7 +33,7 @@ namespace cudapool {
 // write(2) reaches the server whole even when several writers share the pipe.
 inline constexpr std::size_t kMaxLineBytes = 4096;
 
-enum class CommandKind { kHelp, kStats, kTrim, kGet, kSet, kResetPeaks };
+enum class CommandKind { kHelp, kStats, kTrim, kGet, kSet, kResetPeaks, kSnapshot };
 enum class StatsFormat { kText, kJson, kPrometheus };
 
 struct Command {
@@ -41,6 +43,7 @@ struct Command {
   int device = -1;                          // trim: -1 = every device
   std::string name;                         // get, set
   std::string value;                        // set (the rest of the line, blanks inside kept)
+  std::size_t top = 10;                     // snapshot: groups shown
 };
 
 struct ParsedLine {
@@ -90,6 +93,13 @@ class ControlTarget {
                           std::string* note) = 0;
   virtual std::optional<std::string> get_option(std::string_view name) = 0;
   virtual void reset_peaks() = 0;
+  // Live bytes by allocation stack (or size) and the segment maps (control/snapshot.h). False with
+  // a reason where the target cannot take one.
+  virtual bool snapshot(Snapshot* out, std::string* error) {
+    (void)out;
+    *error = "snapshot is not supported here";
+    return false;
+  }
 };
 
 struct CommandResult {

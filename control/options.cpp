@@ -57,6 +57,8 @@ constexpr std::string_view accepted_forms(OptionType type) {
       return "trace, debug, info, warn, error, off";
     case OptionType::kString:
       return "any text";
+    case OptionType::kBacktrace:
+      return "off, on, or a size in bytes or a binary unit (1MiB: only blocks of at least 1 MiB)";
   }
   return "";
 }
@@ -78,6 +80,9 @@ bool parse_value(std::string_view text, ReuseMode* out, std::string* error) {
 bool parse_value(std::string_view text, LogLevel* out, std::string* error) {
   return parse_log_level(text, out, error);
 }
+bool parse_value(std::string_view text, BacktraceMode* out, std::string* error) {
+  return parse_backtrace_mode(text, out, error);
+}
 bool parse_value(std::string_view text, std::string* out, std::string* /*error*/) {
   out->assign(text);
   return true;
@@ -97,6 +102,11 @@ std::string format_value(ReuseMode value) {
 }
 std::string format_value(LogLevel value) {
   return std::string(to_string(value));
+}
+std::string format_value(const BacktraceMode& value) {
+  if (!value.enabled) return "off";
+  if (value.min_size == 0) return "on";
+  return format_size(value.min_size);
 }
 std::string format_value(const std::string& value) {
   return value;
@@ -239,6 +249,21 @@ bool parse_log_level(std::string_view text, LogLevel* out, std::string* error) {
   }
   if (equals_ignore_case(text, "warning")) return *out = LogLevel::kWarn, true;
   return fail(error, "not a log level");
+}
+
+bool parse_backtrace_mode(std::string_view text, BacktraceMode* out, std::string* error) {
+  text = trim(text);
+  bool flag = false;
+  if (parse_bool(text, &flag, nullptr)) {
+    *out = BacktraceMode{flag, 0};
+    return true;
+  }
+  SizeSpec size;
+  std::string why;
+  if (!parse_size(text, /*allow_percent=*/false, &size, &why))
+    return fail(error, "neither off/on nor a size (" + why + ")");
+  *out = BacktraceMode{size.bytes != 0, size.bytes <= 1 ? 0 : size.bytes};
+  return true;
 }
 
 // ---- The table ---------------------------------------------------------------------------------

@@ -62,14 +62,32 @@
   X(CONTROL, control, Bool, "1", false,                                                            \
     "Serve the control pipe <CONTROL_DIR>/<pid>.ctl (trim, stats, set, ...); 0 = no pipe.")        \
   X(CONTROL_DIR, control_dir, String, "", false,                                                   \
-    "Folder of the control pipes; empty = $XDG_RUNTIME_DIR/cudapool, else /tmp/cudapool-<uid>.")
+    "Folder of the control pipes; empty = $XDG_RUNTIME_DIR/cudapool, else /tmp/cudapool-<uid>.")   \
+  X(BACKTRACE, backtrace, Backtrace, "off", false,                                                 \
+    "Record the call stack of each live block at cudaMalloc (libunwind): off, on, or a size (only "\
+    "blocks of at least that size); shown by snapshot and REPORT_AT_EXIT.")                        \
+  X(REPORT_AT_EXIT, report_at_exit, Bool, "0", false,                                              \
+    "At exit, log a summary per device: peaks, driver calls, hits, releases, and the blocks never "\
+    "freed (by allocation stack).")                                                                \
+  X(TIMELINE_FILE, timeline_file, String, "", false,                                               \
+    "Write held, in use, idle and pending bytes per device and release events to this CSV file "   \
+    "(docs/observability.md); %p = pid; empty = off.")                                             \
+  X(TIMELINE_MS, timeline_ms, Duration, "100", false,                                              \
+    "Sampling interval of TIMELINE_FILE in milliseconds.")
 // clang-format on
 
 namespace cudapool {
 
 inline constexpr std::string_view kEnvPrefix = "CUDAPOOL_";
 
-enum class OptionType { kBool, kSize, kDuration, kReuse, kLogLevel, kString };
+enum class OptionType { kBool, kSize, kDuration, kReuse, kLogLevel, kString, kBacktrace };
+
+// BACKTRACE: off, on (every block) or on for blocks of at least min_size bytes.
+struct BacktraceMode {
+  bool enabled = false;
+  std::uint64_t min_size = 0;
+  bool operator==(const BacktraceMode&) const = default;
+};
 // ReuseMode { kFence, kImmediate } is the pool's own type (allocator/types.h): REUSE feeds
 // Policy::reuse directly.
 enum class LogLevel { kTrace, kDebug, kInfo, kWarn, kError, kOff };
@@ -100,6 +118,10 @@ struct OptionValueOf<OptionType::kLogLevel> {
 template <>
 struct OptionValueOf<OptionType::kString> {
   using type = std::string;
+};
+template <>
+struct OptionValueOf<OptionType::kBacktrace> {
+  using type = BacktraceMode;
 };
 template <OptionType T>
 using OptionValue = typename OptionValueOf<T>::type;
@@ -135,6 +157,8 @@ bool parse_bool(std::string_view text, bool* out,
                 std::string* error);  // 1/0 true/false yes/no on/off
 bool parse_reuse_mode(std::string_view text, ReuseMode* out, std::string* error);
 bool parse_log_level(std::string_view text, LogLevel* out, std::string* error);
+bool parse_backtrace_mode(std::string_view text, BacktraceMode* out,
+                          std::string* error);  // off/on/0/1/..., or a size
 std::string_view to_string(ReuseMode mode);
 std::string_view to_string(LogLevel level);
 

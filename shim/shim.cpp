@@ -11,6 +11,7 @@
 #include "control/log.h"
 #include "control/pipe_server.h"
 #include "control/size.h"
+#include "shim/timeline.h"
 
 namespace cudapool {
 
@@ -30,6 +31,7 @@ class LogObserver final : public PoolObserver {
                   std::uint64_t segments) override {
     log_debug("device {}: released {} in {} segment(s) ({})", device, format_size(bytes), segments,
               to_string(reason));
+    timeline_release(device, reason, bytes, segments);
   }
   void on_driver_error(int device, const char* operation, Status status) override {
     if (status == Status::kUnloading) return;
@@ -79,6 +81,7 @@ Shim* Shim::init(const RealRuntime& rt) {
       log_info("cudapool {} active (runtime: {}): {}", CUDAPOOL_VERSION, rt.origin,
                describe_options(options));
       if (options.control) shim->start_control();
+      shim->start_observability();
     }
   } catch (const std::exception& e) {
     log_error("cudapool could not start ({}); every call goes to the CUDA runtime", e.what());
@@ -109,6 +112,7 @@ void Shim::on_exit() {
   g_exiting.store(true, std::memory_order_release);
   if (Shim* s = g_shim.load(std::memory_order_acquire)) {
     s->releaser_.stop();
+    s->finish_observability();
     if (s->control_ != nullptr) s->control_->shutdown();  // stops commands, removes the FIFO
   }
 }
@@ -169,6 +173,8 @@ cudaError_t Shim::malloc(void** ptr, size_t size) {
     // A driver failure the pool recovered from must leave no trace (DESIGN §4.4).
     if (failures != CudaBackend::thread_failures()) rt_.cudaGetLastError();
     *ptr = p;
+    if (size >= backtrace_min_) [[unlikely]]
+      record_stack(p, size);
     return cudaSuccess;
   }
   if (st == Status::kOutOfMemory && pool->policy().limit != 0) {
@@ -185,6 +191,9 @@ cudaError_t Shim::malloc(void** ptr, size_t size) {
 
 cudaError_t Shim::free(void* ptr) {
   if (ptr == nullptr) return rt_.cudaFree(ptr);
+  // Forgotten before the block can be handed out again (by another thread, after the free).
+  if (backtrace_min_ != kNoBacktrace) [[unlikely]]
+    forget_stack(ptr);
   int slots = pool_slots_.load(std::memory_order_acquire);
   for (int d = 0; d < slots; ++d) {
     DevicePool* pool = existing_pool(d);

@@ -59,6 +59,7 @@ class Shim final : public ControlTarget {
                   std::string* note) override;
   std::optional<std::string> get_option(std::string_view name) override;
   void reset_peaks() override;
+  bool snapshot(Snapshot* out, std::string* error) override;  // observe.cpp
 
  private:
   Shim(const RealRuntime& rt, const Options& options);
@@ -71,6 +72,11 @@ class Shim final : public ControlTarget {
   Policy policy_for(std::uint64_t device_total) const;
   void capture_ended(cudaStream_t stream);
   void start_control();  // the control pipe, when CUDAPOOL_CONTROL is on (shim_control.cpp)
+  // Allocation stacks, timeline, exit report (observe.cpp).
+  void start_observability();
+  void finish_observability();  // at exit
+  void record_stack(void* ptr, std::size_t size);
+  void forget_stack(void* ptr);
 
   const RealRuntime& rt_;
   Options options_;
@@ -84,6 +90,12 @@ class Shim final : public ControlTarget {
   std::uint64_t device_totals_[kMaxDevices] = {};  // per pool, to resolve percentages on `set`
   mutable std::mutex options_mutex_;               // options_ may change through `set`
   PipeServer* control_ = nullptr;                  // the control pipe, or null
+  // CUDAPOOL_BACKTRACE: stacks are recorded for blocks of at least this size (kNoBacktrace: off;
+  // set once at start, so the allocation path tests one plain member).
+  static constexpr std::uint64_t kNoBacktrace = UINT64_MAX;
+  std::uint64_t backtrace_min_ = kNoBacktrace;
+  struct Observability;
+  Observability* observe_ = nullptr;  // stacks and timeline, or null
   std::mutex capture_mutex_;
   std::vector<cudaStream_t> capturing_;  // streams this process is capturing on
 };

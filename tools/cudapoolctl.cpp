@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -25,6 +26,7 @@
 #include "control/options.h"
 #include "control/size.h"
 #include "control/stats_format.h"
+#include "tools/plot/timeline_chart.h"
 
 namespace cudapool {
 namespace {
@@ -62,6 +64,9 @@ constexpr std::string_view kMainHelp =
     "  metrics [PID|--all] [--output FILE]\n"
     "                                 Prometheus text (node_exporter textfile collector)\n"
     "  options                        the options table (names, defaults, run time)\n"
+    "  snapshot PID [--top N] [--json]\n"
+    "                                 who holds the GPU memory: live bytes by allocation stack\n"
+    "  plot FILE.csv [-o FILE.svg]    draw a timeline (CUDAPOOL_TIMELINE_FILE) as SVG\n"
     "\n"
     "global options:\n"
     "  --dir DIR       control folder (default: $CUDAPOOL_CONTROL_DIR, else\n"
@@ -121,6 +126,15 @@ const std::map<std::string, std::string_view, std::less<>>& command_help_texts()
        "Prometheus text exposition of one process or of all (default). With --output, writes\n"
        "FILE atomically (for node_exporter's textfile collector), e.g.\n"
        "  cudapoolctl metrics --output /var/lib/node_exporter/textfile/cudapool.prom\n"},
+      {"snapshot",
+       "usage: cudapoolctl snapshot PID [--top N] [--json]\n"
+       "Live GPU memory of a process grouped by the call stack that allocated it, largest first\n"
+       "(with CUDAPOOL_BACKTRACE=on; else grouped by block size), then per device the segments\n"
+       "with a map of in-use (#), idle (.) and pending (p) ranges. --top: groups shown (10).\n"},
+      {"plot",
+       "usage: cudapoolctl plot FILE.csv [-o FILE.svg]\n"
+       "Draws a timeline written with CUDAPOOL_TIMELINE_FILE: held and in-use bytes per device\n"
+       "over time, release events marked. Default output: FILE.csv with .svg instead of .csv.\n"},
       {"options",
        "usage: cudapoolctl options\n"
        "The options table: every CUDAPOOL_* variable, its default and whether `set` can change "
@@ -651,6 +665,67 @@ int cmd_metrics(const Global& g, const Args& args) {
   return code;
 }
 
+int cmd_snapshot(const Global& g, const Args& args) {
+  int pid = 0;
+  std::string command = "snapshot";
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a == "--json") {
+      command += " json";
+    } else if (a == "--top" && i + 1 < args.size()) {
+      command += " top=" + args[++i];
+    } else if (pid == 0 && parse_pid(a, &pid)) {
+    } else {
+      return usage_error("snapshot", "unexpected argument " + a);
+    }
+  }
+  if (pid == 0) return usage_error("snapshot", "which process? cudapoolctl snapshot PID");
+  const ClientReply reply = request(pipe_path(g.dir, pid), command, g.timeout);
+  if (reply.status != ClientReply::Status::kOk) return report_failure(pid, reply);
+  std::fputs(reply.body.c_str(), stdout);
+  return kExitOk;
+}
+
+int cmd_plot(const Args& args) {
+  std::string input, output;
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    if ((args[i] == "-o" || args[i] == "--output") && i + 1 < args.size()) {
+      output = args[++i];
+    } else if (input.empty()) {
+      input = args[i];
+    } else {
+      return usage_error("plot", "unexpected argument " + args[i]);
+    }
+  }
+  if (input.empty()) return usage_error("plot", "which file? cudapoolctl plot FILE.csv");
+  if (output.empty())
+    output = (input.size() > 4 && input.ends_with(".csv") ? input.substr(0, input.size() - 4)
+                                                            : input) +
+             ".svg";
+  std::string csv;
+  if (std::FILE* f = std::fopen(input.c_str(), "re")) {
+    char buf[65536];
+    for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;)
+      csv.append(buf, n);
+    std::fclose(f);
+  } else {
+    std::fprintf(stderr, "cudapoolctl plot: cannot read %s: %s\n", input.c_str(),
+                 std::strerror(errno));
+    return kExitUsage;
+  }
+  plot::Chart chart;
+  std::string error;
+  const std::size_t slash = input.rfind('/');
+  const std::string name = slash == std::string::npos ? input : input.substr(slash + 1);
+  if (!plot::timeline_chart(csv, "GPU memory: " + name, &chart, &error) ||
+      !plot::write_svg(chart, output, &error)) {
+    std::fprintf(stderr, "cudapoolctl plot: %s: %s\n", input.c_str(), error.c_str());
+    return kExitUsage;
+  }
+  std::printf("%s\n", output.c_str());
+  return kExitOk;
+}
+
 int cmd_options(const Args& args) {
   if (!args.empty()) return usage_error("options", "takes no arguments");
   for (const OptionInfo& info : option_table()) {
@@ -718,6 +793,8 @@ int main_impl(int argc, char** argv) {
   if (command == "watch") return cmd_watch(g, rest);
   if (command == "metrics") return cmd_metrics(g, rest);
   if (command == "options") return cmd_options(rest);
+  if (command == "snapshot") return cmd_snapshot(g, rest);
+  if (command == "plot") return cmd_plot(rest);
   return usage_error("", "unknown command " + command);
 }
 
