@@ -196,8 +196,11 @@ std::string format_size(uint64_t bytes) {
 
 std::string format_size(const SizeSpec& size) {
   if (!size.is_percent) return format_size(size.bytes);
-  char buffer[64];
-  const auto [end, ec] = std::to_chars(buffer, buffer + sizeof(buffer), size.percent);
+  // Fixed notation (parse_size takes no exponent): the shortest digits that read back the same
+  // double; a tiny percentage has up to ~330 of them.
+  char buffer[512];
+  const auto [end, ec] =
+      std::to_chars(buffer, buffer + sizeof(buffer), size.percent, std::chars_format::fixed);
   if (ec != std::errc()) return "?%";
   return std::string(buffer, end) + "%";
 }
