@@ -73,7 +73,10 @@
     "Write held, in use, idle and pending bytes per device and release events to this CSV file "   \
     "(docs/observability.md); %p = pid; empty = off.")                                             \
   X(TIMELINE_MS, timeline_ms, Duration, "100", false,                                              \
-    "Sampling interval of TIMELINE_FILE in milliseconds.")
+    "Sampling interval of TIMELINE_FILE in milliseconds.")                                         \
+  X(TRACE_FILE, trace_file, String, "", false,                                                    \
+    "Write every cudaMalloc/cudaFree the pool serves to this CSV trace, replayable with "          \
+    "cudapool-bench replay (docs/benchmarks.md); %p = pid; empty = off.")
 // clang-format on
 
 namespace cudapool {

@@ -12,6 +12,7 @@
 #include "control/pipe_server.h"
 #include "control/size.h"
 #include "shim/timeline.h"
+#include "shim/trace_recorder.h"
 
 namespace cudapool {
 
@@ -82,6 +83,9 @@ Shim* Shim::init(const RealRuntime& rt) {
                describe_options(options));
       if (options.control) shim->start_control();
       shim->start_observability();
+      if (std::string why; !options.trace_file.empty() &&
+                           !trace_recorder_start(options.trace_file, &why))
+        log_warn("CUDAPOOL_TRACE_FILE: cannot write the trace ({}); not recording", why);
     }
   } catch (const std::exception& e) {
     log_error("cudapool could not start ({}); every call goes to the CUDA runtime", e.what());
@@ -113,6 +117,7 @@ void Shim::on_exit() {
   if (Shim* s = g_shim.load(std::memory_order_acquire)) {
     s->releaser_.stop();
     s->finish_observability();
+    trace_recorder_flush();
     if (s->control_ != nullptr) s->control_->shutdown();  // stops commands, removes the FIFO
   }
 }
@@ -175,6 +180,7 @@ cudaError_t Shim::malloc(void** ptr, size_t size) {
     *ptr = p;
     if (size >= backtrace_min_) [[unlikely]]
       record_stack(p, size);
+    trace_alloc(p, size, device);
     return cudaSuccess;
   }
   if (st == Status::kOutOfMemory && pool->policy().limit != 0) {
@@ -203,6 +209,7 @@ cudaError_t Shim::free(void* ptr) {
     if (st == Status::kNotOwned) continue;
     if (st == Status::kOk) {
       if (wake && !g_exiting.load(std::memory_order_relaxed)) releaser_.wake();
+      trace_free(ptr, d);
       return cudaSuccess;
     }
     log_warn_ratelimited("invalid-free",

@@ -96,6 +96,7 @@ const std::map<std::string, std::pair<std::string, std::string>>& non_default_va
       {"REUSE", {"IMMEDIATE", "immediate"}},
       {"LOG_LEVEL", {"Debug", "debug"}},
       {"LOG_FILE", {"/var/log/cudapool.log", "/var/log/cudapool.log"}},
+      {"TRACE_FILE", {"/tmp/trace-%p.csv", "/tmp/trace-%p.csv"}},
       {"CONTROL", {"off", "0"}},
       {"CONTROL_DIR", {"/run/pools", "/run/pools"}},
       {"BACKTRACE", {"4 MiB", "4MiB"}},
