@@ -21,13 +21,21 @@ class PoolMutex {
     pthread_mutex_init(&mutex_, &attr);
     pthread_mutexattr_destroy(&attr);
   }
-  ~PoolMutex() { pthread_mutex_destroy(&mutex_); }
+  ~PoolMutex() {
+    pthread_mutex_destroy(&mutex_);
+  }
   PoolMutex(const PoolMutex&) = delete;
   PoolMutex& operator=(const PoolMutex&) = delete;
 
-  void lock() { pthread_mutex_lock(&mutex_); }
-  void unlock() { pthread_mutex_unlock(&mutex_); }
-  bool try_lock() { return pthread_mutex_trylock(&mutex_) == 0; }
+  void lock() {
+    pthread_mutex_lock(&mutex_);
+  }
+  void unlock() {
+    pthread_mutex_unlock(&mutex_);
+  }
+  bool try_lock() {
+    return pthread_mutex_trylock(&mutex_) == 0;
+  }
 
  private:
   pthread_mutex_t mutex_;

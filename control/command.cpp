@@ -16,7 +16,8 @@ constexpr std::string_view kHelp =
     "get NAME                         an option's value (HIGH_WATERMARK, LIMIT, ...)\n"
     "set NAME VALUE                   change a run-time option\n"
     "reset-peaks                      peak held and peak in use := current values\n"
-    "snapshot [text|json] [top=N]     live bytes by allocation stack (largest first), segment maps\n"
+    "snapshot [text|json] [top=N]     live bytes by allocation stack (largest first), segment "
+    "maps\n"
     "Any command may end with reply=PATH (a FIFO of the same user): the answer goes there, last\n"
     "line OK or ERR <reason>; without it the answer goes to the log.\n";
 

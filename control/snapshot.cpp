@@ -75,8 +75,7 @@ std::string segment_map(const SnapshotSegment& segment, std::size_t width) {
     const std::uint64_t lo = segment.size * cell / width;
     const std::uint64_t hi = segment.size * (cell + 1) / width;
     std::uint64_t in_use = 0, pending = 0, free = 0;
-    while (r < segment.ranges.size() &&
-           segment.ranges[r].offset + segment.ranges[r].size <= lo)
+    while (r < segment.ranges.size() && segment.ranges[r].offset + segment.ranges[r].size <= lo)
       ++r;
     for (std::size_t k = r; k < segment.ranges.size() && segment.ranges[k].offset < hi; ++k) {
       const SnapshotRange& range = segment.ranges[k];
@@ -126,9 +125,9 @@ std::string format_snapshot_text(const Snapshot& s, std::size_t top, std::size_t
   }
   for (const SnapshotDevice& d : s.devices) {
     const PoolStats& st = d.stats;
-    out += "\ndevice " + std::to_string(d.device) + ": held " + short_size(st.held) +
-           ", in use " + short_size(st.in_use) + ", idle " + short_size(st.idle()) +
-           " (free " + short_size(st.idle() - std::min(st.idle(), st.pending)) + ", pending " +
+    out += "\ndevice " + std::to_string(d.device) + ": held " + short_size(st.held) + ", in use " +
+           short_size(st.in_use) + ", idle " + short_size(st.idle()) + " (free " +
+           short_size(st.idle() - std::min(st.idle(), st.pending)) + ", pending " +
            short_size(st.pending) + "), " + std::to_string(d.segments.size()) + " segments\n";
     if (d.segments.empty()) continue;
     out += "  map: # in use, . free (idle), p pending (freed, waiting for a fence)\n";

@@ -15,10 +15,10 @@ namespace cudapool {
 
 // Live blocks that share an allocation stack (or a size range, without backtraces).
 struct SnapshotGroup {
-  std::uint64_t bytes = 0;           // block sizes as the pool counts them (in use)
-  std::uint64_t count = 0;           // live blocks
-  std::string label;                 // "stack 3", "blocks of (1MiB, 2MiB]", ...
-  std::vector<std::string> frames;   // innermost first, symbolised; empty without a stack
+  std::uint64_t bytes = 0;          // block sizes as the pool counts them (in use)
+  std::uint64_t count = 0;          // live blocks
+  std::string label;                // "stack 3", "blocks of (1MiB, 2MiB]", ...
+  std::vector<std::string> frames;  // innermost first, symbolised; empty without a stack
 };
 
 struct SnapshotRange {
@@ -30,7 +30,7 @@ struct SnapshotRange {
 struct SnapshotSegment {
   std::uintptr_t base = 0;
   std::uint64_t size = 0;
-  std::string kind;  // small, medium, large
+  std::string kind;                   // small, medium, large
   std::vector<SnapshotRange> ranges;  // in address order, tiling the segment
 };
 

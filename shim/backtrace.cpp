@@ -213,7 +213,7 @@ const Symbolizer::ObjectSymbols* Symbolizer::symbols_of(const std::string& path)
     return symbols;
   std::vector<ElfW(Shdr)> sections(eh.e_shnum);
   std::memcpy(sections.data(), data.data() + eh.e_shoff, sections.size() * sizeof(ElfW(Shdr)));
-  for (const ElfW(Shdr)& sh : sections) {
+  for (const ElfW(Shdr) & sh : sections) {
     if (sh.sh_type != SHT_SYMTAB || sh.sh_link >= sections.size()) continue;
     const ElfW(Shdr)& strtab = sections[sh.sh_link];
     if (!in_file(sh.sh_offset, sh.sh_size) || !in_file(strtab.sh_offset, strtab.sh_size)) continue;
@@ -225,7 +225,8 @@ const Symbolizer::ObjectSymbols* Symbolizer::symbols_of(const std::string& path)
       if (sym.st_name >= strtab.sh_size) continue;
       const char* name = data.data() + strtab.sh_offset + sym.st_name;
       const std::size_t max_len = strtab.sh_size - sym.st_name;
-      symbols->functions.push_back({sym.st_value, sym.st_size, std::string(name, strnlen(name, max_len))});
+      symbols->functions.push_back(
+          {sym.st_value, sym.st_size, std::string(name, strnlen(name, max_len))});
     }
   }
   std::sort(symbols->functions.begin(), symbols->functions.end(),
@@ -279,8 +280,7 @@ std::string Symbolizer::describe(std::uintptr_t pc) {
     if (it != symbols->functions.begin()) {
       --it;
       if (at < it->start + std::max<std::uintptr_t>(it->size, 1))
-        return demangle(it->name.c_str()) + "+" + hex(pc - bias - it->start) + " (" + object +
-               ")";
+        return demangle(it->name.c_str()) + "+" + hex(pc - bias - it->start) + " (" + object + ")";
     }
   }
   return object + "+" + hex(pc - reinterpret_cast<std::uintptr_t>(info.dli_fbase));

@@ -62,7 +62,7 @@ class StackTable {
   mutable std::mutex mutex_;
   std::size_t max_stacks_;
   std::unordered_multimap<std::uint64_t, std::uint32_t> by_hash_;  // hash -> id
-  std::vector<Entry> entries_;                                      // id - 1 -> entry
+  std::vector<Entry> entries_;                                     // id - 1 -> entry
   std::vector<std::uintptr_t> frames_;
   std::size_t dropped_ = 0;
 };

@@ -25,8 +25,9 @@ class InsideScope {
 cudaError_t no_runtime() {
   static std::atomic<bool> said{false};
   if (!said.exchange(true))
-    log_error("no CUDA runtime (libcudart.so) is loaded; cuda* calls fail with "
-              "cudaErrorInsufficientDriver");
+    log_error(
+        "no CUDA runtime (libcudart.so) is loaded; cuda* calls fail with "
+        "cudaErrorInsufficientDriver");
   return cudaErrorInsufficientDriver;
 }
 
@@ -146,9 +147,11 @@ CUDAPOOL_EXPORT cudaError_t cudaStreamBeginCapture_ptsz(cudaStream_t stream,
                        mode);
 }
 
-CUDAPOOL_EXPORT cudaError_t cudaStreamBeginCaptureToGraph(
-    cudaStream_t stream, cudaGraph_t graph, const cudaGraphNode_t* dependencies,
-    const cudaGraphEdgeData* dependencyData, size_t numDependencies, cudaStreamCaptureMode mode) {
+CUDAPOOL_EXPORT cudaError_t cudaStreamBeginCaptureToGraph(cudaStream_t stream, cudaGraph_t graph,
+                                                          const cudaGraphNode_t* dependencies,
+                                                          const cudaGraphEdgeData* dependencyData,
+                                                          size_t numDependencies,
+                                                          cudaStreamCaptureMode mode) {
   const RealRuntime* rt = real_runtime();
   return begin_capture(rt ? rt->cudaStreamBeginCaptureToGraph : nullptr, stream, stream, graph,
                        dependencies, dependencyData, numDependencies, mode);

@@ -68,7 +68,8 @@ void Shim::start_observability() {
              obs->source);
   }
   observe_ = obs;
-  if (options.backtrace.enabled) backtrace_min_ = std::max<std::uint64_t>(options.backtrace.min_size, 1);
+  if (options.backtrace.enabled)
+    backtrace_min_ = std::max<std::uint64_t>(options.backtrace.min_size, 1);
   if (want_timeline) {
     obs->timeline = Timeline::start(options.timeline_file, options.timeline_ms, [this] {
       std::vector<TimelineSample> samples;
@@ -101,8 +102,8 @@ bool Shim::snapshot(Snapshot* out, std::string* error) {
   if (!stacks_on) {
     out->backtraces = "off (CUDAPOOL_BACKTRACE=on records allocation stacks)";
   } else if (backtrace_min_ > 1) {
-    out->backtraces = "on for blocks of at least " + format_size(backtrace_min_) + ", " +
-                      obs->source;
+    out->backtraces =
+        "on for blocks of at least " + format_size(backtrace_min_) + ", " + obs->source;
   } else {
     out->backtraces = "on, " + obs->source;
   }
@@ -151,7 +152,8 @@ bool Shim::snapshot(Snapshot* out, std::string* error) {
         }
         Group& g = groups[key];
         g.stack = stack;
-        if (g.group.label.empty()) g.group.label = stack != 0 ? "stack " + std::to_string(stack) : label;
+        if (g.group.label.empty())
+          g.group.label = stack != 0 ? "stack " + std::to_string(stack) : label;
         g.group.bytes += b.size;
         ++g.group.count;
       }

@@ -83,8 +83,8 @@ Shim* Shim::init(const RealRuntime& rt) {
                describe_options(options));
       if (options.control) shim->start_control();
       shim->start_observability();
-      if (std::string why; !options.trace_file.empty() &&
-                           !trace_recorder_start(options.trace_file, &why))
+      if (std::string why;
+          !options.trace_file.empty() && !trace_recorder_start(options.trace_file, &why))
         log_warn("CUDAPOOL_TRACE_FILE: cannot write the trace ({}); not recording", why);
     }
   } catch (const std::exception& e) {

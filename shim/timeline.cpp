@@ -136,7 +136,8 @@ void Timeline::write_once() {
     for (const TimelineSample& before : last_) {
       if (before.device != s.device) continue;
       if (s.stats.limit_hits > before.stats.limit_hits)
-        events.push_back({t, s.device, "limit_hit", 0, s.stats.limit_hits - before.stats.limit_hits});
+        events.push_back(
+            {t, s.device, "limit_hit", 0, s.stats.limit_hits - before.stats.limit_hits});
       if (s.stats.oom_retries > before.stats.oom_retries)
         events.push_back(
             {t, s.device, "oom_retry", 0, s.stats.oom_retries - before.stats.oom_retries});

@@ -288,7 +288,6 @@ void print_pretty_stats(const std::string& text) {
   }
 }
 
-
 void print_summary_header() {
   std::printf("%-8s %-16s %-6s %12s %12s %12s\n", "PID", "COMMAND", "DEVICE", "HELD", "IN USE",
               "IDLE");
@@ -699,9 +698,9 @@ int cmd_plot(const Args& args) {
   }
   if (input.empty()) return usage_error("plot", "which file? cudapoolctl plot FILE.csv");
   if (output.empty())
-    output = (input.size() > 4 && input.ends_with(".csv") ? input.substr(0, input.size() - 4)
-                                                            : input) +
-             ".svg";
+    output =
+        (input.size() > 4 && input.ends_with(".csv") ? input.substr(0, input.size() - 4) : input) +
+        ".svg";
   std::string csv;
   if (std::FILE* f = std::fopen(input.c_str(), "re")) {
     char buf[65536];

@@ -123,11 +123,10 @@ INTEG_SCENARIO(leak_one_block) {
 }
 
 TEST(ExitReport, ListsALeakedBlockWithItsStack) {
-  ProcessResult r = run_scenario("leak_one_block",
-                                 EnvChanges{{{"CUDAPOOL_REPORT_AT_EXIT", "1"},
-                                             {"CUDAPOOL_BACKTRACE", "on"},
-                                             {"CUDAPOOL_LOG_FILE", ""}},
-                                            {}});
+  ProcessResult r = run_scenario("leak_one_block", EnvChanges{{{"CUDAPOOL_REPORT_AT_EXIT", "1"},
+                                                               {"CUDAPOOL_BACKTRACE", "on"},
+                                                               {"CUDAPOOL_LOG_FILE", ""}},
+                                                              {}});
   ASSERT_EQ(0, r.exit_code) << describe(r);
   EXPECT_NE(std::string::npos, r.output.find("blocks never freed")) << r.output;
   EXPECT_TRUE(std::regex_search(r.output, std::regex("#1 7MiB in 1 block\\(s\\): obs_leak_block")))
@@ -154,12 +153,12 @@ INTEG_SCENARIO(burst_then_quiet) {
 TEST(Timeline, ShowsAWatermarkReleaseAndHeldDropsAfterIt) {
   const std::string dir = make_scratch_dir("timeline");
   const std::string csv = dir + "/demo.csv";
-  ProcessResult r = run_scenario("burst_then_quiet",
-                                 EnvChanges{{{"CUDAPOOL_TIMELINE_FILE", csv},
-                                             {"CUDAPOOL_TIMELINE_MS", "20"},
-                                             {"CUDAPOOL_HIGH_WATERMARK", "64MiB"},
-                                             {"CUDAPOOL_LOW_WATERMARK", "0"}},
-                                            {}});
+  ProcessResult r =
+      run_scenario("burst_then_quiet", EnvChanges{{{"CUDAPOOL_TIMELINE_FILE", csv},
+                                                   {"CUDAPOOL_TIMELINE_MS", "20"},
+                                                   {"CUDAPOOL_HIGH_WATERMARK", "64MiB"},
+                                                   {"CUDAPOOL_LOW_WATERMARK", "0"}},
+                                                  {}});
   ASSERT_EQ(0, r.exit_code) << describe(r);
   const std::string text = read_file(csv);
   ASSERT_EQ(0u, text.rfind("time_s,device,kind,held,in_use,idle,pending,bytes,count\n", 0))
