@@ -24,6 +24,7 @@
 
 #include "control/client.h"
 #include "control/options.h"
+#include "control/preload.h"
 #include "control/size.h"
 #include "control/stats_format.h"
 #include "tools/plot/timeline_chart.h"
@@ -453,13 +454,7 @@ int cmd_run(const Args& args) {
     const std::string variable = std::string(kEnvPrefix) + std::string(info->name);
     setenv(variable.c_str(), value.c_str(), 1);
   }
-  // Whatever is preloaded already stays first (a sanitizer runtime must be, an allocator such as
-  // jemalloc may be); cudapool goes after it, unless it is there already.
-  const char* preload = std::getenv("LD_PRELOAD");
-  std::string new_preload = preload != nullptr ? preload : "";
-  if (new_preload.find(lib) == std::string::npos)
-    new_preload += (new_preload.empty() ? "" : ":") + lib;
-  setenv("LD_PRELOAD", new_preload.c_str(), 1);
+  setenv("LD_PRELOAD", preload_with_cudapool(std::getenv("LD_PRELOAD"), lib).c_str(), 1);
 
   std::vector<char*> argv;
   for (std::size_t k = i; k < args.size(); ++k)

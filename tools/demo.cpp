@@ -48,6 +48,7 @@
 #include <vector>
 
 #include "control/options.h"
+#include "control/preload.h"
 #include "control/size.h"
 #include "tests/standin/cuda_standin.h"  // the counters' layout only; functions come from dlsym
 
@@ -906,24 +907,6 @@ std::string find_cudapool(const std::string& given) {
   return "";
 }
 
-// LD_PRELOAD without any cudapool entry (the user may run the demo itself under it).
-std::string preload_without_cudapool() {
-  const char* cur = getenv("LD_PRELOAD");
-  if (cur == nullptr) return "";
-  std::string out, item;
-  std::string s = cur;
-  for (std::size_t i = 0; i <= s.size(); ++i) {
-    if (i == s.size() || s[i] == ':' || s[i] == ' ') {
-      if (!item.empty() && item.find("libcudapool") == std::string::npos)
-        out += (out.empty() ? "" : ":") + item;
-      item.clear();
-    } else {
-      item += s[i];
-    }
-  }
-  return out;
-}
-
 struct ChildEnv {
   std::vector<std::string> vars;  // NAME=value
   void set(const std::string& name, const std::string& value) {
@@ -960,8 +943,10 @@ ChildEnv child_env(const Args& args, const RunPlan& plan, Mode mode) {
     const char* cur = env_or_null("LD_LIBRARY_PATH");
     env.set("LD_LIBRARY_PATH", plan.lib_dir + (cur != nullptr ? std::string(":") + cur : ""));
   }
-  std::string preload = preload_without_cudapool();
-  if (mode == Mode::kCudapool) preload = plan.cudapool + (preload.empty() ? "" : ":" + preload);
+  const char* current = env_or_null("LD_PRELOAD");
+  const std::string preload = mode == Mode::kCudapool
+                                  ? cudapool::preload_with_cudapool(current, plan.cudapool)
+                                  : cudapool::preload_without_cudapool(current);
   if (preload.empty())
     env.unset("LD_PRELOAD");
   else

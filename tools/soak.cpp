@@ -55,6 +55,7 @@
 #include <vector>
 
 #include "control/client.h"
+#include "control/preload.h"
 #include "tests/standin/cuda_standin.h"  // the counters' layout only; functions come from dlsym
 
 namespace {
@@ -189,7 +190,7 @@ void reexec_with_preload(const Options& o, char** argv) {
       }
   }
   if (lib.empty() || !file_exists(lib)) usage("libcudapool.so not found (use --library PATH)");
-  setenv("LD_PRELOAD", lib.c_str(), 1);
+  setenv("LD_PRELOAD", cudapool::preload_with_cudapool(getenv("LD_PRELOAD"), lib).c_str(), 1);
   execv("/proc/self/exe", argv);
   fprintf(stderr, "cudapool-soak: exec failed: %s\n", strerror(errno));
   exit(2);

@@ -19,6 +19,7 @@
 #include "allocator/device_pool.h"
 #include "allocator/simulated_backend.h"
 #include "allocator/sync_gate.h"
+#include "control/preload.h"
 #include "tools/bench/bench.h"
 #include "tools/bench/bench_util.h"
 
@@ -382,15 +383,23 @@ int hotpath_main(const Args& in) {
   std::string seed = std::to_string(o.seed);
   std::vector<Row> pool_rows, pass_rows;
   std::vector<std::string> env = base_worker_env();
-  env.push_back("LD_PRELOAD=" + lib);
-  if (!run_worker({"worker", "hotpath", "--allocs", "cuda,glibc,jemalloc,mimalloc", "--batches",
-                   batches, "--warmup", warmup, "--seed", seed, "--cuda-label", "cudapool"},
+  env.push_back("LD_PRELOAD=" + preload_with_cudapool(getenv("LD_PRELOAD"), lib));
+  // A sanitizer replaces malloc and free: the "glibc" row would time its allocator, and its large
+  // blocks cost milliseconds. Sanitized builds (the test trees) time the pool alone.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  const char* host_allocs = "cuda";
+  fprintf(stderr, "cudapool-bench hotpath: sanitized build, host allocators left out\n");
+#else
+  const char* host_allocs = "cuda,glibc,jemalloc,mimalloc";
+#endif
+  if (!run_worker({"worker", "hotpath", "--allocs", host_allocs, "--batches", batches, "--warmup",
+                   warmup, "--seed", seed, "--cuda-label", "cudapool"},
                   env, &pool_rows, &error)) {
     fprintf(stderr, "cudapool-bench hotpath: pool worker: %s\n", error.c_str());
     return 1;
   }
   env = base_worker_env();
-  env.push_back("LD_PRELOAD=");
+  env.push_back("LD_PRELOAD=" + preload_without_cudapool(getenv("LD_PRELOAD")));
   if (standin) {
     env.push_back(format("STANDIN_MALLOC_LATENCY_US=%g", o.malloc_latency_us));
     env.push_back(format("STANDIN_FREE_LATENCY_US=%g", o.free_latency_us));
@@ -593,7 +602,7 @@ int scale_main(const Args& in) {
   int batches = o.quick ? 20 : 100, pairs = o.quick ? 1000 : 5000;
   std::vector<Row> rows;
   std::vector<std::string> env = base_worker_env();
-  env.push_back("LD_PRELOAD=" + lib);
+  env.push_back("LD_PRELOAD=" + preload_with_cudapool(getenv("LD_PRELOAD"), lib));
   if (!run_worker({"worker", "scale", "--batches", std::to_string(batches), "--pairs",
                    std::to_string(pairs), "--seed", std::to_string(o.seed)},
                   env, &rows, &error)) {

@@ -12,6 +12,7 @@
 
 #include "allocator/size_classes.h"
 #include "control/client.h"
+#include "control/preload.h"
 #include "tools/bench/bench.h"
 #include "tools/bench/bench_util.h"
 #include "tools/bench/sim_replay.h"
@@ -413,14 +414,14 @@ int replay_main(const Args& in) {
           "CUDAPOOL_CONTROL=1",
           "CUDAPOOL_CONTROL_DIR=" + control_dir,
           "BENCH_CONTROL_DIR=" + control_dir,
-          "LD_PRELOAD=" + lib};
+          "LD_PRELOAD=" + preload_with_cudapool(getenv("LD_PRELOAD"), lib)};
       std::vector<Row> rows;
       if (!run_worker(common, env, &rows, &error) || rows.empty()) {
         fprintf(stderr, "cudapool-bench replay: %s: cudapool worker: %s\n", trace.name.c_str(),
                 error.c_str());
         status = 1;
       }
-      env.back() = "LD_PRELOAD=";
+      env.back() = "LD_PRELOAD=" + preload_without_cudapool(getenv("LD_PRELOAD"));
       if (standin) {
         env.push_back(format("STANDIN_MALLOC_LATENCY_US=%g", o.malloc_latency_us));
         env.push_back(format("STANDIN_FREE_LATENCY_US=%g", o.free_latency_us));
