@@ -2,11 +2,12 @@
 # The project's set-up and test entry point (README "Quick start").
 #
 #   tools/dev.sh demo   install what is missing, build, run the demo (stand-in runtime without GPU)
-#   tools/dev.sh test   install what is missing, build plain + ASan/UBSan + TSan trees, run all tests
+#   tools/dev.sh test   install what is missing, build plain + ASan/UBSan + TSan trees, run all tests,
+#                       then the libFuzzer smoke runs (clang tree)
 #   tools/dev.sh build  install what is missing and build the plain tree only
 #
-# Build trees: build/ (plain, warnings are errors), build-asan/, build-tsan/. Set JOBS to change
-# the parallelism (default: number of cores).
+# Build trees: build/ (plain, warnings are errors), build-asan/, build-tsan/, build-fuzz/ (clang,
+# the libFuzzer targets only). Set JOBS to change the parallelism (default: number of cores).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -35,13 +36,14 @@ install_missing() {
   fi
 }
 
-configure_and_build() {  # dir, extra cmake args...
+configure_and_build() {  # dir, extra cmake args... (TARGETS="a b": only those targets)
   local dir=$1
   shift
   echo "== building $dir"
   cmake -S . -B "$dir" -G Ninja -DCUDAPOOL_WERROR=ON "$@" >"$dir.configure.log" 2>&1 ||
     { cat "$dir.configure.log"; exit 1; }
-  cmake --build "$dir" -j "$jobs"
+  # shellcheck disable=SC2086
+  cmake --build "$dir" -j "$jobs" ${TARGETS:+--target $TARGETS}
 }
 
 run_tests() {  # dir, extra ctest args...
@@ -69,10 +71,15 @@ case "${1:-}" in
     run_tests build-asan -LE 'gpu|no-asan'
     configure_and_build build-tsan -DCUDAPOOL_SANITIZE=thread
     run_tests build-tsan -LE 'gpu|no-tsan'
+    packages=(clang-14 libclang-rt-14-dev)  # libFuzzer
+    install_missing
+    TARGETS="command_fuzzer size_fuzzer options_fuzzer" configure_and_build build-fuzz \
+      -DCMAKE_CXX_COMPILER=clang++-14 -DCMAKE_C_COMPILER=clang-14 -DCUDAPOOL_FUZZ=ON
+    run_tests build-fuzz -R libfuzzer
     echo "== all test trees passed"
     ;;
   *)
-    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

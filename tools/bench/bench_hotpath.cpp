@@ -294,6 +294,30 @@ std::string fmt_ns(double v) {
 
 // ---- hotpath -----------------------------------------------------------------------------------
 
+// What the calls the shim makes on every cudaMalloc cost on this runtime, in ns: cudaGetDevice,
+// and the driver's cuCtxGetCurrent when libcuda.so.1 is there (NVIDIA's runtime).
+Row call_costs() {
+  constexpr int kCalls = 1000000;
+  auto time_ns = [](auto&& call) {
+    call();
+    auto t0 = Clock::now();
+    for (int i = 0; i < kCalls; ++i)
+      call();
+    return std::chrono::duration<double, std::nano>(Clock::now() - t0).count() / kCalls;
+  };
+  Row r{{"probe", "calls"}};
+  int device = 0;
+  r["cudaGetDevice_ns"] = format("%.1f", time_ns([&] { cudaGetDevice(&device); }));
+  using CtxGetCurrent = int (*)(void**);
+  void* h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD);
+  auto get_ctx = h ? reinterpret_cast<CtxGetCurrent>(dlsym(h, "cuCtxGetCurrent")) : nullptr;
+  if (get_ctx != nullptr) {
+    void* ctx = nullptr;
+    r["cuCtxGetCurrent_ns"] = format("%.1f", time_ns([&] { get_ctx(&ctx); }));
+  }
+  return r;
+}
+
 int hotpath_worker(const Args& in) {
   Args args = in;
   std::string allocs_s = "cuda", threads_s = "1,2", batches_s = "200", warmup_s = "20",
@@ -323,6 +347,7 @@ int hotpath_worker(const Args& in) {
   }
   for (const Row& m : missing)
     printf("%s\n", row_line(m).c_str());
+  if (allocs_s.find("cuda") != std::string::npos) printf("%s\n", row_line(call_costs()).c_str());
   printf("%s\n", row_line({{"malloc_from", malloc_origin()},
                            {"runtime", StandinProbe::read().present ? "standin" : "nvidia"}})
                      .c_str());
@@ -421,9 +446,11 @@ int hotpath_main(const Args& in) {
   // (class, threads, alloc) -> row
   std::map<std::string, Row> by;
   std::map<std::string, std::string> missing;
+  Row calls;  // call_costs() of the pool worker
   for (auto* rows : {&pool_rows, &pass_rows})
     for (Row& r : *rows) {
       if (r.count("missing")) missing[r["alloc"]] = r["missing"];
+      if (r.count("probe") && rows == &pool_rows) calls = r;
       if (r.count("class")) by[r["class"] + "/" + r["threads"] + "/" + r["alloc"]] = r;
     }
   const char* names[] = {"cudapool", "glibc", "jemalloc", "mimalloc", "pass-through"};
@@ -438,6 +465,11 @@ int hotpath_main(const Args& in) {
            standin ? "standin" : "nvidia");
     printf("  \"pass_through_latency_us\": {\"malloc\": %g, \"free\": %g},\n  \"rows\": [",
            standin ? o.malloc_latency_us : 0.0, standin ? o.free_latency_us : 0.0);
+    if (calls.count("cudaGetDevice_ns"))
+      printf("  \"call_ns\": {\"cudaGetDevice\": %s%s},\n", calls["cudaGetDevice_ns"].c_str(),
+             calls.count("cuCtxGetCurrent_ns")
+                 ? (", \"cuCtxGetCurrent\": " + calls["cuCtxGetCurrent_ns"]).c_str()
+                 : "");
     bool first = true;
     for (auto& [key, r] : by) {
       printf("%s\n    {", first ? "" : ",");
@@ -514,6 +546,12 @@ int hotpath_main(const Args& in) {
     s.add(row);
   }
   printf("%s", s.render().c_str());
+  if (calls.count("cudaGetDevice_ns"))
+    printf("\nruntime calls on every cudaMalloc: cudaGetDevice %s ns%s\n",
+           calls["cudaGetDevice_ns"].c_str(),
+           calls.count("cuCtxGetCurrent_ns")
+               ? (" (the driver's cuCtxGetCurrent: " + calls["cuCtxGetCurrent_ns"] + " ns)").c_str()
+               : "");
   return 0;
 }
 
