@@ -136,6 +136,7 @@ DevicePool* Shim::pool(int device) {
   if (DevicePool* p = existing_pool(device)) return p;
   std::uint64_t free = 0, total = 0;
   if (backend_.device_memory(device, &free, &total) != Status::kOk) return nullptr;
+  current_device_.bind_driver();  // the runtime has started: it has loaded the driver
   auto* p = new DevicePool(device, backend_, gate_, policy_for(total), observer_.get());
   device_totals_[device] = total;
   pools_[device].store(p, std::memory_order_release);
@@ -167,7 +168,7 @@ cudaError_t Shim::malloc(void** ptr, size_t size) {
   // Zero sizes, null out-pointers and allocations during a capture get the native answer.
   if (ptr == nullptr || size == 0 || gate_.capture_active()) return rt_.cudaMalloc(ptr, size);
   int device = 0;
-  if (rt_.cudaGetDevice(&device) != cudaSuccess) return rt_.cudaMalloc(ptr, size);
+  if (!current_device_.get(&device)) return rt_.cudaMalloc(ptr, size);
   DevicePool* pool = this->pool(device);
   if (pool == nullptr) return rt_.cudaMalloc(ptr, size);
 

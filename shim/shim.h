@@ -20,6 +20,7 @@
 #include "control/command.h"
 #include "control/options.h"
 #include "shim/cuda_backend.h"
+#include "shim/current_device.h"
 #include "shim/real_runtime.h"
 
 namespace cudapool {
@@ -81,6 +82,7 @@ class Shim final : public ControlTarget {
   const RealRuntime& rt_;
   Options options_;
   CudaBackend backend_;
+  CurrentDevice current_device_{rt_};
   SyncGate gate_;
   Releaser releaser_;
   std::unique_ptr<PoolObserver> observer_;

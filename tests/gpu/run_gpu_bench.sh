@@ -12,7 +12,7 @@
 # Steps (each under `timeout`, a failing one does not stop the others; budget 440 s by default):
 #   hotpath_native   cudapool-bench hotpath --quick on NVIDIA's runtime: the pass-through column is
 #                    the real cudaMalloc+cudaFree pair (the figures the CPU runs' stand-in latency
-#                    comes from)
+#                    comes from), and what cudaGetDevice and cuCtxGetDevice cost
 #   replay_<trace>   each generated trace (burst, transformer, cnn, churn) through raw
 #                    cudaMalloc/cudaFree, cudapool, cudaMallocAsync (release threshold at its
 #                    maximum, then cudaMemPoolTrimTo) and PyTorch's caching allocator (torch.empty)

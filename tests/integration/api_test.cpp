@@ -4,9 +4,12 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <functional>
 #include <random>
 #include <sstream>
+#include <string>
+#include <thread>
 #include <vector>
 
 #include "tests/integration/integration_util.h"
@@ -304,6 +307,43 @@ TEST(MultiDevice, BlocksFreedWhileAnotherDeviceIsCurrentGoBackToTheirPool) {
   EXPECT_EQ(0u, counters(1).free_failures) << "a segment was freed twice or on the wrong device";
   EXPECT_EQ(0u, counters(0).frees);
   EXPECT_EQ(0, current_device());
+}
+
+// A pool hit reads the current device from the driver (cuCtxGetDevice, whose CUdevice handles the
+// stand-in makes differ from runtime ordinals) instead of cudaGetDevice; with no driver library
+// loaded (STANDIN_DRIVER_LIBRARY=0) every cudaMalloc asks cudaGetDevice. Either way each thread's
+// blocks come from its own device's pool.
+TEST(MultiDevice, HitsTakeTheDeviceFromTheCurrentContext) {
+  const char* lib = std::getenv("STANDIN_DRIVER_LIBRARY");
+  const bool driver = lib == nullptr || std::string(lib) != "0";
+  constexpr int kPairs = 500;
+  auto loop = [](int device, int pairs) {
+    EXPECT_CUDA_OK(cudaSetDevice(device));
+    for (int i = 0; i < pairs; ++i) {
+      void* p = nullptr;
+      ASSERT_CUDA_OK(cudaMalloc(&p, (1 + i % 7) * kKiB));
+      EXPECT_EQ(device, device_of(p));
+      ASSERT_CUDA_OK(cudaFree(p));
+    }
+  };
+  // The pools, their first segments, and one cudaGetDevice per device to learn its handle.
+  for (int device : {0, 1})
+    std::thread(loop, device, 2).join();
+  const StandinCounters before0 = counters(0), before1 = counters(1);
+  std::thread t0(loop, 0, kPairs), t1(loop, 1, kPairs);
+  t0.join();
+  t1.join();
+  const StandinCounters after0 = counters(0), after1 = counters(1);
+  EXPECT_EQ(before0.mallocs, after0.mallocs) << "device 0: not served by its pool";
+  EXPECT_EQ(before1.mallocs, after1.mallocs) << "device 1: not served by its pool";
+  const unsigned long long asked = (after0.get_device_calls - before0.get_device_calls) +
+                                   (after1.get_device_calls - before1.get_device_calls);
+  // The test's own device_of and cudaSetDevice calls make no cudaGetDevice calls.
+  if (driver)
+    EXPECT_EQ(0u, asked) << "pool hits called cudaGetDevice";
+  else
+    EXPECT_EQ(2u * kPairs, asked) << "without the driver every cudaMalloc asks the runtime";
+  ASSERT_CUDA_OK(cudaSetDevice(0));
 }
 
 TEST(MultiDevice, PoolsArePerDevice) {

@@ -140,6 +140,11 @@ Config load_config() {
     c.no_driver = strcmp(v, "0") != 0 && strcasecmp(v, "false") != 0 && strcasecmp(v, "no") != 0;
     return true;
   });
+  with_env("STANDIN_DRIVER_LIBRARY", [&](const char* v) {
+    c.driver_library =
+        strcmp(v, "0") != 0 && strcasecmp(v, "false") != 0 && strcasecmp(v, "no") != 0;
+    return true;
+  });
   with_env("STANDIN_ASYNC_DELAY_US",
            [&](const char* v) { return parse_u64(v, &c.async_delay_us); });
   with_env("STANDIN_LATENCY_JITTER_US",

@@ -33,6 +33,7 @@ typedef struct StandinCounters {
   unsigned long long capture_violations; /* unsafe calls made while a capture was active (sync,
                                             malloc, free, implicit legacy-stream sync) that
                                             invalidated a capture */
+  unsigned long long get_device_calls;   /* cudaGetDevice calls, on the caller's current device */
   unsigned long long async_ops; /* operations executed by stream workers (memset, memcpy, host
                                    function, callback, event record, graph launch, free) */
 } StandinCounters;

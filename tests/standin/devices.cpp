@@ -198,6 +198,7 @@ cudaError_t cudaGetDevice(int* device) {
   STANDIN_ENTER();
   if (!device) return ret(cudaErrorInvalidValue);
   *device = tls().device;
+  if (Device* d = rt().device(*device)) d->counters.get_device_calls.fetch_add(1);
   return cudaSuccess;
 }
 

@@ -32,12 +32,14 @@
 //   cudaErrorInitializationError. Stream callbacks may not call the API (cudaErrorNotPermitted).
 //
 // Configuration: STANDIN_* environment variables, see config.cpp and tests/standin/README.md.
+#include <dlfcn.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
+#include <string>
 
 #include "standin_internal.h"
 
@@ -57,6 +59,35 @@ void teardown() {
   shutdown_workers();
 }
 
+// The current context's device, for the stand-in driver library (driver.cpp). 0 or a CUresult.
+int driver_current_device(int* device) {
+  Runtime& r = rt();
+  if (r.forked_child.load(std::memory_order_relaxed) ||
+      r.shutting_down.load(std::memory_order_acquire))
+    return 4;                                         // CUDA_ERROR_DEINITIALIZED
+  if (r.device(tls().device) == nullptr) return 201;  // CUDA_ERROR_INVALID_CONTEXT
+  *device = tls().device;
+  return 0;
+}
+
+// Like NVIDIA's runtime, which loads libcuda.so.1 at its start: the stand-in driver library in
+// driver/ beside this one, handed the function above.
+void load_driver_library() {
+  Dl_info self{};
+  if (dladdr(reinterpret_cast<void*>(&driver_current_device), &self) == 0 || !self.dli_fname)
+    return;
+  std::string path = self.dli_fname;
+  path = path.substr(0, path.rfind('/') + 1) + "driver/libcuda.so.1";
+  void* h = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (h == nullptr) {
+    warn("stand-in driver library not loaded: %s", dlerror());
+    return;
+  }
+  using Attach = void (*)(int (*)(int*));
+  if (auto attach = reinterpret_cast<Attach>(dlsym(h, "standinDriverAttach")))
+    attach(driver_current_device);
+}
+
 Runtime* create_runtime() {
   auto* r = new Runtime();  // never destroyed: calls after exit() must stay safe
   r->config = load_config();
@@ -73,6 +104,7 @@ Runtime* create_runtime() {
     d->streams.push_back(d->legacy);
     r->devices.push_back(std::move(d));
   }
+  if (r->config.driver_library && !r->config.no_driver) load_driver_library();
   g_init_pid = getpid();
   atexit(teardown);
   pthread_atfork(nullptr, nullptr, on_fork_child);
@@ -151,6 +183,7 @@ void read_counters(Device& d, StandinCounters* c) {
   c->implicit_syncs = k.implicit_syncs.load();
   c->stream_syncs = k.stream_syncs.load();
   c->capture_violations = k.capture_violations.load();
+  c->get_device_calls = k.get_device_calls.load();
   c->async_ops = k.async_ops.load();
 }
 
@@ -165,6 +198,7 @@ void add_counters(StandinCounters* sum, const StandinCounters& c) {
   sum->implicit_syncs += c.implicit_syncs;
   sum->stream_syncs += c.stream_syncs;
   sum->capture_violations += c.capture_violations;
+  sum->get_device_calls += c.get_device_calls;
   sum->async_ops += c.async_ops;
 }
 
@@ -194,9 +228,10 @@ void write_counters_file() {
   fprintf(f,
           "mallocs=%llu malloc_failures=%llu frees=%llu free_failures=%llu bytes_held=%llu "
           "peak_bytes_held=%llu device_syncs=%llu implicit_syncs=%llu stream_syncs=%llu "
-          "capture_violations=%llu async_ops=%llu\n",
+          "capture_violations=%llu get_device_calls=%llu async_ops=%llu\n",
           c.mallocs, c.malloc_failures, c.frees, c.free_failures, c.bytes_held, c.peak_bytes_held,
-          c.device_syncs, c.implicit_syncs, c.stream_syncs, c.capture_violations, c.async_ops);
+          c.device_syncs, c.implicit_syncs, c.stream_syncs, c.capture_violations,
+          c.get_device_calls, c.async_ops);
   const bool ok = fclose(f) == 0;
   if (!ok || rename(tmp.c_str(), g_counters_path->c_str()) != 0) {
     warn("cannot write STANDIN_COUNTERS_FILE %s", g_counters_path->c_str());
@@ -239,7 +274,8 @@ void standinResetCounters(void) {
   for (auto& d : rt().devices) {
     Counters& k = d->counters;
     for (auto* a : {&k.mallocs, &k.malloc_failures, &k.frees, &k.free_failures, &k.device_syncs,
-                    &k.implicit_syncs, &k.stream_syncs, &k.capture_violations, &k.async_ops})
+                    &k.implicit_syncs, &k.stream_syncs, &k.capture_violations, &k.get_device_calls,
+                    &k.async_ops})
       a->store(0);
     k.peak_bytes_held.store(d->held_bytes.load());
   }

@@ -42,6 +42,7 @@ struct Config {
   uint64_t seed = 0;
   std::vector<uint64_t> fail_free_at;  // 1-based call numbers
   bool no_driver = false;
+  bool driver_library = true;  // load the stand-in libcuda.so.1 beside this library
   uint64_t async_delay_us = 0;
   uint64_t latency_jitter_us = 0;  // extra random 0..N us per malloc, free and stream op
 };
@@ -283,7 +284,7 @@ struct MemPool {
 struct Counters {
   std::atomic<uint64_t> mallocs{0}, malloc_failures{0}, frees{0}, free_failures{0},
       peak_bytes_held{0}, device_syncs{0}, implicit_syncs{0}, stream_syncs{0},
-      capture_violations{0}, async_ops{0};
+      capture_violations{0}, get_device_calls{0}, async_ops{0};
 };
 
 struct Device {
