@@ -51,10 +51,16 @@
 #include "control/preload.h"
 #include "control/size.h"
 #include "tests/standin/cuda_standin.h"  // the counters' layout only; functions come from dlsym
+#include "tools/paths.h"
 
 extern char** environ;
 
 namespace {
+
+using cudapool::tools::dir_of;
+using cudapool::tools::file_exists;
+using cudapool::tools::real_path;
+using cudapool::tools::self_exe;
 
 constexpr std::uint64_t kKiB = 1024;
 constexpr std::uint64_t kMiB = 1024 * kKiB;
@@ -102,29 +108,6 @@ double now_ms() {
 
 void check(cudaError_t err, const char* what) {
   if (err != cudaSuccess) cuda_fail(what, err);
-}
-
-std::string self_exe() {
-  char buf[PATH_MAX];
-  ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
-  if (n <= 0) return "";
-  buf[n] = '\0';
-  return buf;
-}
-
-std::string dir_of(const std::string& path) {
-  std::size_t slash = path.rfind('/');
-  return slash == std::string::npos ? "." : path.substr(0, slash);
-}
-
-bool file_exists(const std::string& path) {
-  struct stat st;
-  return stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
-}
-
-std::string real_path(const std::string& path) {
-  char buf[PATH_MAX];
-  return realpath(path.c_str(), buf) != nullptr ? std::string(buf) : path;
 }
 
 const char* env_or_null(const char* name) {

@@ -57,8 +57,12 @@
 #include "control/client.h"
 #include "control/preload.h"
 #include "tests/standin/cuda_standin.h"  // the counters' layout only; functions come from dlsym
+#include "tools/paths.h"
 
 namespace {
+
+using cudapool::tools::file_exists;
+using cudapool::tools::self_exe;
 
 constexpr std::uint64_t kKiB = 1024;
 constexpr std::uint64_t kMiB = 1024 * kKiB;
@@ -156,19 +160,6 @@ Options parse_options(int argc, char** argv) {
 
 // ---- the process
 // ---------------------------------------------------------------------------------
-
-std::string self_exe() {
-  char buf[PATH_MAX];
-  const ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
-  if (n <= 0) return "";
-  buf[n] = '\0';
-  return buf;
-}
-
-bool file_exists(const std::string& path) {
-  struct stat st;
-  return stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
-}
 
 bool shim_preloaded() {
   void* addr = dlsym(RTLD_DEFAULT, "cudaMalloc");

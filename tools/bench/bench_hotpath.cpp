@@ -389,20 +389,29 @@ int hotpath_worker(const Args& in) {
   return 0;
 }
 
-int hotpath_main(const Args& in) {
+// The common options of a subcommand that takes no others, and the library: the exit status when
+// either is wrong (2: usage, 1: no library), else 0.
+static int setup(const char* subcommand, const Args& in, CommonOptions* o, std::string* lib) {
   Args args = in;
-  CommonOptions o;
   std::string error;
-  if (!parse_common(&args, &o, &error) || !args.empty()) {
-    fprintf(stderr, "cudapool-bench hotpath: %s\n",
+  if (!parse_common(&args, o, &error) || !args.empty()) {
+    fprintf(stderr, "cudapool-bench %s: %s\n", subcommand,
             error.empty() ? ("unexpected " + args[0]).c_str() : error.c_str());
     return 2;
   }
-  std::string lib = find_cudapool(o.library);
-  if (lib.empty()) {
+  *lib = find_cudapool(o->library);
+  if (lib->empty()) {
     fprintf(stderr, "cudapool-bench: libcudapool.so not found; give it with --library PATH\n");
     return 1;
   }
+  return 0;
+}
+
+int hotpath_main(const Args& in) {
+  CommonOptions o;
+  std::string lib;
+  if (int status = setup("hotpath", in, &o, &lib)) return status;
+  std::string error;
   bool standin = StandinProbe::read().present;
   std::string batches = o.quick ? "100" : "400", warmup = o.quick ? "10" : "40";
   std::string seed = std::to_string(o.seed);
@@ -624,19 +633,10 @@ int scale_worker(const Args& in) {
 }
 
 int scale_main(const Args& in) {
-  Args args = in;
   CommonOptions o;
+  std::string lib;
+  if (int status = setup("scale", in, &o, &lib)) return status;
   std::string error;
-  if (!parse_common(&args, &o, &error) || !args.empty()) {
-    fprintf(stderr, "cudapool-bench scale: %s\n",
-            error.empty() ? ("unexpected " + args[0]).c_str() : error.c_str());
-    return 2;
-  }
-  std::string lib = find_cudapool(o.library);
-  if (lib.empty()) {
-    fprintf(stderr, "cudapool-bench: libcudapool.so not found; give it with --library PATH\n");
-    return 1;
-  }
   int batches = o.quick ? 20 : 100, pairs = o.quick ? 1000 : 5000;
   std::vector<Row> rows;
   std::vector<std::string> env = base_worker_env();

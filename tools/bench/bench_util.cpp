@@ -162,32 +162,13 @@ bool run_worker(const std::vector<std::string>& args, const std::vector<std::str
   return true;
 }
 
-std::string self_exe() {
-  char buf[PATH_MAX];
-  ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
-  if (n <= 0) return "";
-  buf[n] = '\0';
-  return buf;
-}
-
-std::string dir_of(const std::string& path) {
-  std::size_t slash = path.find_last_of('/');
-  return slash == std::string::npos ? "." : path.substr(0, slash);
-}
-
-bool file_exists(const std::string& path) {
-  struct stat st {};
-  return stat(path.c_str(), &st) == 0;
-}
-
 std::string find_cudapool(const std::string& given) {
   if (!given.empty()) return given;
   std::string dir = dir_of(self_exe());
   for (const char* rel : {"/../../shim/libcudapool.so", "/../lib/libcudapool.so",
                           "/../lib64/libcudapool.so", "/libcudapool.so"}) {
     std::string p = dir + rel;
-    char buf[PATH_MAX];
-    if (file_exists(p) && realpath(p.c_str(), buf) != nullptr) return buf;
+    if (file_exists(p)) return real_path(p);
   }
   return "";
 }

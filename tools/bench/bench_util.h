@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "tools/paths.h"
+
 namespace cudapool::bench {
 
 struct Distribution {
@@ -39,9 +41,10 @@ double row_number(const Row& row, const std::string& key, double fallback = -1);
 bool run_worker(const std::vector<std::string>& args, const std::vector<std::string>& env,
                 std::vector<Row>* rows, std::string* error);
 
-std::string self_exe();
-std::string dir_of(const std::string& path);
-bool file_exists(const std::string& path);
+using tools::dir_of;
+using tools::file_exists;
+using tools::real_path;
+using tools::self_exe;
 // libcudapool.so: `given`, else beside this executable's folder (build tree: ../shim, installed:
 // ../lib). "" when not found.
 std::string find_cudapool(const std::string& given);
