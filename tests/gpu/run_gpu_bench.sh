@@ -44,18 +44,8 @@ BENCH="$BUILD/tools/bench/cudapool-bench"
 GEN="$BUILD/tools/bench/cudapool-trace-gen"
 SHIM="$BUILD/shim/libcudapool.so"
 PYTHON="${PYTHON:-python3}"
-CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
-CUDA_LIB="$CUDA_HOME/lib64"
-[ -e "$CUDA_LIB/libcudart.so.13" ] || CUDA_LIB="$CUDA_HOME/targets/x86_64-linux/lib"
-if [ ! -e "$CUDA_LIB/libcudart.so.13" ]; then
-  CUDA_LIB="$("$PYTHON" - <<'PY' 2>/dev/null
-import glob, os, site
-for d in site.getsitepackages():
-    for p in glob.glob(os.path.join(d, "nvidia", "**", "libcudart.so.13"), recursive=True):
-        print(os.path.dirname(p)); raise SystemExit
-PY
-)"
-fi
+# shellcheck source=tests/gpu/cuda_lib.sh
+. "$HERE/cuda_lib.sh"
 export LD_LIBRARY_PATH="$CUDA_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 SCRATCH="$(mktemp -d)"
 trap 'rm -rf "$SCRATCH"' EXIT

@@ -45,20 +45,9 @@ SHIM="$BUILD/shim/libcudapool.so"
 DEMO="$BUILD/tools/cudapool-demo"
 HOTPATH="$BUILD/tools/cudapool-hotpath"
 REUSE="$BUILD/tests/gpu/reuse_kernels"
-CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
-CUDA_LIB="$CUDA_HOME/lib64"
-[ -e "$CUDA_LIB/libcudart.so.13" ] || CUDA_LIB="$CUDA_HOME/targets/x86_64-linux/lib"
 PYTHON="${PYTHON:-python3}"
-if [ ! -e "$CUDA_LIB/libcudart.so.13" ]; then  # no toolkit: the runtime of NVIDIA's pip wheels
-  CUDA_LIB="$("$PYTHON" - <<'EOF' 2>/dev/null
-import glob, os, site
-for d in site.getsitepackages():
-    for p in glob.glob(os.path.join(d, "nvidia", "**", "libcudart.so.13"), recursive=True):
-        print(os.path.dirname(p))
-        raise SystemExit
-EOF
-)"
-fi
+# shellcheck source=tests/gpu/cuda_lib.sh
+. "$HERE/cuda_lib.sh"
 # NVIDIA's runtime first: the tools are linked against the stand-in's soname (libcudart.so.13).
 NV_LD_PATH="$CUDA_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
