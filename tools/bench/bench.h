@@ -32,8 +32,9 @@ struct CommonOptions {
 bool parse_common(Args* args, CommonOptions* out, std::string* error);
 // The latency figures used for the pass-through runs on the stand-in runtime, from a real GPU:
 // NVIDIA H200, cudaMalloc+cudaFree of 512 B to 64 KiB, 6.1 and 6.7 us per pair in two runs of
-// tests/gpu/run_gpu_bench.sh (hotpath_native), split evenly (the benchmark times pairs).
-inline constexpr double kDefaultMallocLatencyUs = 3.2;
-inline constexpr double kDefaultFreeLatencyUs = 3.2;
+// tests/gpu/run_gpu_bench.sh (hotpath_native), split evenly (the benchmark times pairs) and in
+// whole microseconds (the stand-in's unit).
+inline constexpr double kDefaultMallocLatencyUs = 3;
+inline constexpr double kDefaultFreeLatencyUs = 3;
 
 }  // namespace cudapool::bench

@@ -38,12 +38,17 @@ bool parse_common(Args* args, CommonOptions* o, std::string* error) {
     } else if (a == "--seed") {
       if (!value(&v)) return false;
       o->seed = std::strtoull(v.c_str(), nullptr, 10);
-    } else if (a == "--malloc-latency-us") {
+    } else if (a == "--malloc-latency-us" || a == "--free-latency-us") {
+      // Whole microseconds: the stand-in's unit.
       if (!value(&v)) return false;
-      o->malloc_latency_us = std::atof(v.c_str());
-    } else if (a == "--free-latency-us") {
-      if (!value(&v)) return false;
-      o->free_latency_us = std::atof(v.c_str());
+      char* end = nullptr;
+      const unsigned long long us = std::strtoull(v.c_str(), &end, 10);
+      if (v.empty() || v[0] == '-' || *end != '\0' || us > 1000000) {
+        *error = a + " takes whole microseconds (0 to 1000000), not " + v;
+        return false;
+      }
+      (a == "--malloc-latency-us" ? o->malloc_latency_us : o->free_latency_us) =
+          static_cast<double>(us);
     } else {
       rest.push_back(a);
     }
