@@ -59,6 +59,7 @@ namespace {
 
 using cudapool::tools::dir_of;
 using cudapool::tools::file_exists;
+using cudapool::tools::library_of;
 using cudapool::tools::real_path;
 using cudapool::tools::self_exe;
 
@@ -113,14 +114,6 @@ void check(cudaError_t err, const char* what) {
 const char* env_or_null(const char* name) {
   const char* v = getenv(name);
   return v != nullptr && *v != '\0' ? v : nullptr;
-}
-
-// The file a symbol's definition comes from, or "" when it has none.
-std::string library_of(const char* symbol) {
-  void* addr = dlsym(RTLD_DEFAULT, symbol);
-  Dl_info info;
-  if (addr == nullptr || dladdr(addr, &info) == 0 || info.dli_fname == nullptr) return "";
-  return real_path(info.dli_fname);
 }
 
 // ---- the two runtimes ------------------------------------------------------------------------

@@ -35,8 +35,14 @@
 #include <vector>
 
 #include "tests/standin/cuda_standin.h"  // the counters' layout only; functions come from dlsym
+#include "tools/distribution.h"
+#include "tools/paths.h"
 
 namespace {
+
+using cudapool::tools::Distribution;
+using cudapool::tools::library_of;
+using cudapool::tools::summarize;
 
 constexpr std::size_t kMinSize = 512;
 constexpr std::size_t kMaxSize = 64 * 1024;
@@ -106,14 +112,6 @@ bool parse_args(int argc, char** argv, Args* a) {
 // Keeps the compiler from eliding a malloc/free pair.
 inline void escape(void* p) {
   asm volatile("" : : "r"(p) : "memory");
-}
-
-std::string library_of(const char* symbol) {
-  void* addr = dlsym(RTLD_DEFAULT, symbol);
-  Dl_info info;
-  if (addr == nullptr || dladdr(addr, &info) == 0 || info.dli_fname == nullptr) return "";
-  char buf[PATH_MAX];
-  return realpath(info.dli_fname, buf) != nullptr ? std::string(buf) : info.dli_fname;
 }
 
 struct Counters {
@@ -218,21 +216,6 @@ class Runner {
   std::vector<void*> window_;
   std::size_t slot_ = 0;
 };
-
-struct Distribution {
-  double median = 0, p99 = 0;
-};
-
-Distribution summarize(std::vector<double> v) {
-  Distribution d;
-  if (v.empty()) return d;
-  std::sort(v.begin(), v.end());
-  std::size_t n = v.size();
-  d.median = n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-  std::size_t i99 = static_cast<std::size_t>(std::ceil(0.99 * static_cast<double>(n))) - 1;
-  d.p99 = v[std::min(i99, n - 1)];
-  return d;
-}
 
 struct Row {
   Pattern pattern;

@@ -1,6 +1,7 @@
 // File and path helpers the tools share (the demo, the benchmarks, the soak).
 #pragma once
 
+#include <dlfcn.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -34,6 +35,14 @@ inline bool file_exists(const std::string& path) {
 inline std::string real_path(const std::string& path) {
   char buf[PATH_MAX];
   return realpath(path.c_str(), buf) != nullptr ? std::string(buf) : path;
+}
+
+// The file a symbol's definition comes from (canonical path), or "" when it has none.
+inline std::string library_of(const char* symbol) {
+  void* addr = dlsym(RTLD_DEFAULT, symbol);
+  Dl_info info;
+  if (addr == nullptr || dladdr(addr, &info) == 0 || info.dli_fname == nullptr) return "";
+  return real_path(info.dli_fname);
 }
 
 }  // namespace cudapool::tools

@@ -20,17 +20,6 @@ extern char** environ;
 
 namespace cudapool::bench {
 
-Distribution summarize(std::vector<double> v) {
-  Distribution d;
-  if (v.empty()) return d;
-  std::sort(v.begin(), v.end());
-  std::size_t n = v.size();
-  d.median = n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-  std::size_t i99 = static_cast<std::size_t>(std::ceil(0.99 * static_cast<double>(n)));
-  d.p99 = v[std::min(i99 == 0 ? 0 : i99 - 1, n - 1)];
-  return d;
-}
-
 std::string format(const char* fmt, ...) {
   char buf[2048];
   va_list ap;
@@ -171,14 +160,6 @@ std::string find_cudapool(const std::string& given) {
     if (file_exists(p)) return real_path(p);
   }
   return "";
-}
-
-std::string library_of(const char* symbol) {
-  void* addr = dlsym(RTLD_DEFAULT, symbol);
-  Dl_info info;
-  if (addr == nullptr || dladdr(addr, &info) == 0 || info.dli_fname == nullptr) return "";
-  char buf[PATH_MAX];
-  return realpath(info.dli_fname, buf) != nullptr ? std::string(buf) : info.dli_fname;
 }
 
 StandinProbe StandinProbe::read() {

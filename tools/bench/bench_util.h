@@ -6,14 +6,13 @@
 #include <string>
 #include <vector>
 
+#include "tools/distribution.h"
 #include "tools/paths.h"
 
 namespace cudapool::bench {
 
-struct Distribution {
-  double median = 0, p99 = 0;
-};
-Distribution summarize(std::vector<double> values);
+using tools::Distribution;
+using tools::summarize;
 
 std::string format(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 std::string human_bytes(double bytes);  // "1.50 GiB", "12 MiB", "512 B"
@@ -43,13 +42,12 @@ bool run_worker(const std::vector<std::string>& args, const std::vector<std::str
 
 using tools::dir_of;
 using tools::file_exists;
+using tools::library_of;
 using tools::real_path;
 using tools::self_exe;
 // libcudapool.so: `given`, else beside this executable's folder (build tree: ../shim, installed:
 // ../lib). "" when not found.
 std::string find_cudapool(const std::string& given);
-// The file a symbol's definition comes from, or "" when none.
-std::string library_of(const char* symbol);
 
 // Stand-in runtime counters (null functions on NVIDIA's runtime).
 struct StandinProbe {
