@@ -443,4 +443,17 @@ std::string resolve_control_dir(const Options& options) {
                              [](const char* name) -> const char* { return std::getenv(name); });
 }
 
+std::string expand_pid(const std::string& pattern) {
+  std::string out;
+  for (std::size_t i = 0; i < pattern.size(); ++i) {
+    if (pattern[i] == '%' && i + 1 < pattern.size() && pattern[i + 1] == 'p') {
+      out += std::to_string(getpid());
+      ++i;
+    } else {
+      out += pattern[i];
+    }
+  }
+  return out;
+}
+
 }  // namespace cudapool

@@ -212,4 +212,8 @@ DeviceLimits resolve_device_limits(const Options& options, uint64_t device_total
 std::string resolve_control_dir(const Options& options, const EnvLookup& lookup);
 std::string resolve_control_dir(const Options& options);  // the process's own environment
 
+// The path a file option (TIMELINE_FILE, TRACE_FILE) names in this process: every %p becomes the
+// pid.
+std::string expand_pid(const std::string& pattern);
+
 }  // namespace cudapool

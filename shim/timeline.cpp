@@ -7,6 +7,7 @@
 #include <cinttypes>
 
 #include "control/log.h"
+#include "control/options.h"
 
 namespace cudapool {
 namespace {
@@ -29,19 +30,6 @@ const char* event_kind(ReleaseReason reason) {
       return "trim";
   }
   return "release";
-}
-
-std::string expand_pid(const std::string& pattern) {
-  std::string out;
-  for (std::size_t i = 0; i < pattern.size(); ++i) {
-    if (pattern[i] == '%' && i + 1 < pattern.size() && pattern[i + 1] == 'p') {
-      out += std::to_string(getpid());
-      ++i;
-    } else {
-      out += pattern[i];
-    }
-  }
-  return out;
 }
 
 // A forked child has no writer thread, and the parent's lock may be held: forget it.

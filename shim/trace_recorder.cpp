@@ -13,6 +13,8 @@
 #include <thread>
 #include <vector>
 
+#include "control/options.h"
+
 namespace cudapool {
 
 std::atomic<bool> g_trace_recording{false};
@@ -103,15 +105,7 @@ bool trace_recorder_start(const std::string& pattern, std::string* error) {
   g_per_pid = pattern.find("%p") != std::string::npos;
   static bool started_once = false;
   if (started_once && !g_per_pid) return true;  // a fork child: the parent owns the file
-  std::string path;
-  for (std::size_t i = 0; i < pattern.size(); ++i) {
-    if (pattern[i] == '%' && i + 1 < pattern.size() && pattern[i + 1] == 'p') {
-      path += std::to_string(getpid());
-      ++i;
-    } else {
-      path += pattern[i];
-    }
-  }
+  const std::string path = expand_pid(pattern);
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) {
     if (error != nullptr) *error = path + ": " + strerror(errno);

@@ -477,6 +477,14 @@ TEST(ResolveControlDir, ExplicitThenXdgThenTmp) {
   EXPECT_EQ(resolve_control_dir(options, env.lookup()), "/srv/pipes");
 }
 
+TEST(FilePattern, EveryPercentPIsThePid) {
+  const std::string pid = std::to_string(getpid());
+  EXPECT_EQ("/tmp/t-" + pid + "-" + pid + ".csv", expand_pid("/tmp/t-%p-%p.csv"));
+  EXPECT_EQ("/tmp/plain.csv", expand_pid("/tmp/plain.csv"));
+  EXPECT_EQ("100%", expand_pid("100%"));
+  EXPECT_EQ("%d" + pid, expand_pid("%d%p"));
+}
+
 }  // namespace
 }  // namespace cudapool
 
