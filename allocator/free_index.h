@@ -85,6 +85,7 @@ class FreeIndex {
 
   explicit FreeIndex(std::size_t binned_max = 0)
       : bins_(binned_max / kBinUnit),
+        binned_max_(bins_ * kBinUnit),
         heads_(bins_, nullptr),
         words_((bins_ + 63) / 64, 0),
         summary_((words_.size() + 63) / 64, 0),
@@ -167,7 +168,7 @@ class FreeIndex {
  private:
   static constexpr std::size_t kNone = SIZE_MAX;
 
-  bool binned(std::size_t size) const { return size != 0 && size <= bins_ * kBinUnit; }
+  bool binned(std::size_t size) const { return size - 1 < binned_max_; }  // 0 < size <= max
   static std::size_t bin_of(std::size_t size) { return size / kBinUnit - 1; }
   static std::size_t bin_of_request(std::size_t size) {
     return (size + kBinUnit - 1) / kBinUnit - 1;
@@ -217,6 +218,7 @@ class FreeIndex {
   };
 
   std::size_t bins_;
+  std::size_t binned_max_;              // bins_ * kBinUnit
   std::vector<Block*> heads_;           // bin i: blocks of (i + 1) * kBinUnit bytes
   std::vector<std::uint64_t> words_;    // bit i: bin i is not empty
   std::vector<std::uint64_t> summary_;  // bit w: words_[w] != 0

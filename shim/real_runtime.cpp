@@ -13,7 +13,6 @@ namespace cudapool {
 
 namespace {
 
-std::atomic<const RealRuntime*> g_runtime{nullptr};
 std::mutex g_resolve_mutex;
 
 template <typename Fn>
@@ -136,12 +135,13 @@ bool RealRuntime::complete() const {
          cudaGetDeviceCount && cudaDeviceSynchronize && cudaGetLastError;
 }
 
-const RealRuntime* real_runtime() {
-  if (const RealRuntime* rt = g_runtime.load(std::memory_order_acquire)) return rt;
+std::atomic<const RealRuntime*> g_real_runtime{nullptr};
+
+const RealRuntime* resolve_real_runtime() {
   std::lock_guard lock(g_resolve_mutex);
-  if (const RealRuntime* rt = g_runtime.load(std::memory_order_relaxed)) return rt;
+  if (const RealRuntime* rt = g_real_runtime.load(std::memory_order_relaxed)) return rt;
   const RealRuntime* rt = resolve();
-  g_runtime.store(rt, std::memory_order_release);
+  g_real_runtime.store(rt, std::memory_order_release);
   return rt;
 }
 

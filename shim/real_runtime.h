@@ -7,6 +7,8 @@
 
 #include <cuda_runtime_api.h>
 
+#include <atomic>
+
 namespace cudapool {
 
 struct RealRuntime {
@@ -45,9 +47,17 @@ struct RealRuntime {
   bool complete() const;
 };
 
+// The resolved runtime, once found (real_runtime.cpp).
+extern std::atomic<const RealRuntime*> g_real_runtime;
+const RealRuntime* resolve_real_runtime();
+
 // Resolves the runtime; null while no runtime is loaded (it may be loaded later: call again).
-// Thread-safe; cheap after the first success.
-const RealRuntime* real_runtime();
+// Thread-safe; one load after the first success (every interposed call starts here).
+inline const RealRuntime* real_runtime() {
+  if (const RealRuntime* rt = g_real_runtime.load(std::memory_order_acquire)) [[likely]]
+    return rt;
+  return resolve_real_runtime();
+}
 
 // Forgets the resolution (after fork the child resolves again; the table itself stays valid).
 void reset_real_runtime_after_fork();

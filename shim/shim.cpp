@@ -124,13 +124,7 @@ void Shim::on_exit() {
 
 // ---- pools ------------------------------------------------------------------------------------
 
-DevicePool* Shim::existing_pool(int device) const {
-  if (device < 0 || device >= kMaxDevices) return nullptr;
-  return pools_[device].load(std::memory_order_acquire);
-}
-
-DevicePool* Shim::pool(int device) {
-  if (DevicePool* p = existing_pool(device)) return p;
+DevicePool* Shim::create_pool(int device) {
   if (device < 0 || device >= kMaxDevices) return nullptr;
   std::lock_guard lock(pools_mutex_);
   if (DevicePool* p = existing_pool(device)) return p;

@@ -68,8 +68,17 @@ class Shim final : public ControlTarget {
   static void on_fork_child();
   static void on_exit();
 
-  DevicePool* pool(int device);  // builds it on first use
-  DevicePool* existing_pool(int device) const;
+  // The device's pool, built on first use (null if it cannot be).
+  DevicePool* pool(int device) {
+    if (DevicePool* p = existing_pool(device)) [[likely]]
+      return p;
+    return create_pool(device);
+  }
+  DevicePool* existing_pool(int device) const {
+    if (device < 0 || device >= kMaxDevices) return nullptr;
+    return pools_[device].load(std::memory_order_acquire);
+  }
+  DevicePool* create_pool(int device);
   Policy policy_for(std::uint64_t device_total) const;
   void capture_ended(cudaStream_t stream);
   void start_control();  // the control pipe, when CUDAPOOL_CONTROL is on (shim_control.cpp)
