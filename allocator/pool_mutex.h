@@ -1,15 +1,23 @@
 // PoolMutex: the lock of a pool's hot path.
 //
 // Its critical sections are tens of nanoseconds of bookkeeping, taken twice per cudaMalloc/cudaFree
-// pair, so the uncontended path is what counts: one compare-and-swap to lock, one exchange to
-// unlock, inline (a pthread mutex spends about 60 instructions per operation on its type checks and
-// owner bookkeeping). A thread that finds the lock taken spins briefly (a holder leaves within
-// nanoseconds unless it was descheduled), then sleeps in the kernel until the holder wakes it.
+// pair, so the uncontended path is what counts: one compare-and-swap to lock and a plain store to
+// unlock, inline. (A pthread mutex spends about 60 instructions per operation on its type checks
+// and owner bookkeeping, and any lock that puts waiters to sleep in the kernel needs a second
+// atomic read-modify-write at unlock to learn whether someone must be woken.)
 //
-// States: 0 free; 1 held, nobody sleeping; 2 held, perhaps someone sleeping (the unlock that
-// sees 2 wakes one sleeper). Acquire on lock, release on unlock. Meets the Lockable requirements
+// A thread that finds the lock taken spins briefly (a holder leaves within nanoseconds unless it
+// was descheduled), then yields the processor, then sleeps in short naps that grow to
+// kMaxNap between tries, so that a descheduled holder gets the processor back and a long
+// critical section (a fence making a batch of blocks free, a few tens of microseconds) costs
+// the waiters no busy spinning.
+//
+// States: 0 free, 1 held. Acquire on lock, release on unlock. Meets the Lockable requirements
 // (std::lock_guard works).
 #pragma once
+
+#include <sched.h>
+#include <time.h>
 
 #include <atomic>
 
@@ -22,24 +30,21 @@ class PoolMutex {
   PoolMutex& operator=(const PoolMutex&) = delete;
 
   void lock() {
-    int expected = 0;
-    if (state_.compare_exchange_strong(expected, 1, std::memory_order_acquire,
-                                       std::memory_order_relaxed)) [[likely]]
+    if (try_lock()) [[likely]]
       return;
     lock_contended();
   }
-  void unlock() {
-    if (state_.exchange(0, std::memory_order_release) == 2) [[unlikely]]
-      state_.notify_one();
-  }
+  void unlock() { held_.store(false, std::memory_order_release); }
   bool try_lock() {
-    int expected = 0;
-    return state_.compare_exchange_strong(expected, 1, std::memory_order_acquire,
-                                          std::memory_order_relaxed);
+    return !held_.load(std::memory_order_relaxed) &&
+           !held_.exchange(true, std::memory_order_acquire);
   }
 
  private:
-  static constexpr int kSpins = 100;
+  static constexpr int kSpins = 128;
+  static constexpr int kYields = 16;
+  static constexpr long kFirstNapNs = 1000;
+  static constexpr long kMaxNapNs = 50000;
 
   static void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -51,15 +56,22 @@ class PoolMutex {
 
   __attribute__((noinline)) void lock_contended() {
     for (int i = 0; i < kSpins; ++i) {
-      if (state_.load(std::memory_order_relaxed) == 0 && try_lock()) return;
       cpu_relax();
+      if (try_lock()) return;
     }
-    // Mark the lock as wanted (2) while taking it; sleep while someone else holds it.
-    while (state_.exchange(2, std::memory_order_acquire) != 0)
-      state_.wait(2, std::memory_order_relaxed);
+    for (int i = 0; i < kYields; ++i) {
+      sched_yield();
+      if (try_lock()) return;
+    }
+    long nap = kFirstNapNs;
+    while (!try_lock()) {
+      timespec ts{0, nap};
+      nanosleep(&ts, nullptr);
+      nap = nap * 2 < kMaxNapNs ? nap * 2 : kMaxNapNs;
+    }
   }
 
-  std::atomic<int> state_{0};
+  std::atomic<bool> held_{false};
 };
 
 }  // namespace cudapool

@@ -1,4 +1,5 @@
-// PoolMutex (pool_mutex.h): mutual exclusion under contention, sleepers woken, try_lock.
+// PoolMutex (pool_mutex.h): mutual exclusion under contention, napping waiters get the lock,
+// try_lock.
 #include "allocator/pool_mutex.h"
 
 #include <gtest/gtest.h>
@@ -45,8 +46,8 @@ TEST(PoolMutex, ExcludesUnderContention) {
   EXPECT_EQ(counter, std::uint64_t{kThreads} * kRounds);
 }
 
-// Waiters that gave up spinning sleep; the holder's unlock must wake them, one after another.
-TEST(PoolMutex, SleepingWaitersAreWoken) {
+// Waiters that gave up spinning nap between tries; each must still get the lock once it is free.
+TEST(PoolMutex, NappingWaitersGetTheLockOnceFree) {
   PoolMutex m;
   m.lock();
   std::atomic<int> entered{0};
@@ -57,7 +58,7 @@ TEST(PoolMutex, SleepingWaitersAreWoken) {
       entered.fetch_add(1);
     });
   }
-  // Long enough for every waiter to exhaust its spins and go to sleep.
+  // Long enough for every waiter to exhaust its spins and yields and start napping.
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
   EXPECT_EQ(entered.load(), 0);
   m.unlock();
