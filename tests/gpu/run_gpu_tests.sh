@@ -9,6 +9,8 @@
 # with these targets, ~24 MiB with all; RelWithDebInfo with all is ~180 MiB):
 #   cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCUDAPOOL_BUILD_GPU_TESTS=ON
 #   ninja -C build-gpu cudapool cudapool_demo cudapool_hotpath reuse_kernels cudapoolctl
+# Optional: CuPy and ONNX Runtime (with its CUDA provider; onnx or PyTorch to build its model) for
+# the frameworks steps (tests/gpu/frameworks_check.py); without them those steps are SKIP.
 # --build DIR   that build folder (default ./build-gpu); it may have been moved or copied.
 # --budget S    time for the whole run (default 440 s); steps get at most what is left.
 # OUTDIR        where the logs go (default $OUT, else ./gpu-results): OUTDIR/<step>.log for every
@@ -30,7 +32,7 @@ while [ $# -gt 0 ]; do
     --build) BUILD="$2"; shift 2 ;;
     --build=*) BUILD="${1#--build=}"; shift ;;
     --budget) BUDGET="$2"; shift 2 ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) OUTDIR="$1"; shift ;;
   esac
 done
@@ -210,6 +212,31 @@ else
   echo "python3 cannot import torch" > "$OUTDIR/torch_cudapool.log"
   record torch_cudapool FAIL 0 "python3 cannot import torch"
 fi
+
+# ---- other frameworks: CuPy and ONNX Runtime with cudapool preloaded -----------------------------
+# PASS needs the same results as NumPy and the exit report showing that the pool served
+# cudaMalloc calls. Same results but no pool calls is a WARN: the framework does not call the
+# shared runtime (CuPy 14 links it statically; README, "What cudapool cannot see"). A framework
+# that is not installed (with GPU support) is a SKIP.
+framework_step() {  # name frameworks_check.py arguments...
+  local name="$1"; shift
+  if ! need "$name" "$SHIM"; then return; fi
+  run_step "$name" 120 env LD_LIBRARY_PATH="$NV_LD_PATH" LD_PRELOAD="$SHIM" \
+    CUDAPOOL_REPORT_AT_EXIT=1 "$PYTHON" "$HERE/frameworks_check.py" "$@"
+  local res served status
+  res="$(grep -h '^RESULT' "$OUTDIR/$name.log" | head -1 | sed 's/^RESULT [A-Z]* //')"
+  served="$(grep -ohE 'cudaMalloc [0-9]+ \(hits [0-9]+' "$OUTDIR/$name.log" | head -1)"
+  status="$(status_of)"
+  [ "$RC" = 3 ] && status=SKIP
+  if [ "$status" = PASS ] && [ -z "$served" ]; then
+    status=WARN
+    res="results unchanged but cudapool saw no cudaMalloc (runtime linked statically?); $res"
+  fi
+  record "$name" "$status" "$TOOK" "$([ "$RC" = 3 ] || why "$name")$res${served:+ (pool: $served)}"
+}
+framework_step cupy_nopool cupy --no-cupy-pool
+framework_step cupy_pool cupy
+framework_step onnxruntime onnxruntime
 
 # ---- ctest -L gpu (paths rewritten if the build folder moved) ----------------------------------
 if [ -f "$BUILD/CTestTestfile.cmake" ]; then
