@@ -34,6 +34,7 @@ cudaError_t no_runtime() {
 // Runs `pooled(shim)` when the pool is active, `native()` otherwise or on any failure.
 // Once: the runtime lacks functions the pool needs, so the pool stays off.
 void note_passthrough_only(const RealRuntime& rt) {
+  Shim::note_called();
   static std::atomic<bool> said{false};
   if (!said.exchange(true))
     log_error("the CUDA runtime has no {}; cudapool is off and passes every call through",

@@ -1,5 +1,6 @@
 #include "shim/shim.h"
 
+#include <dlfcn.h>
 #include <pthread.h>
 #include <sched.h>
 
@@ -23,7 +24,8 @@ enum InitState : int { kUninitialised, kInitialising, kActive, kPassThrough };
 std::atomic<int> g_init_state{kUninitialised};
 std::atomic<Shim*> g_shim{nullptr};
 std::atomic<bool> g_exiting{false};
-bool g_handlers_installed = false;  // survives fork: handlers are inherited
+bool g_handlers_installed = false;        // survives fork: handlers are inherited
+std::atomic<bool> g_ever_started{false};  // a call reached init() here or in a parent; never reset
 
 // Logs the pool's rare events. Routine releases go to debug; failures are warnings.
 class LogObserver final : public PoolObserver {
@@ -41,10 +43,38 @@ class LogObserver final : public PoolObserver {
   }
 };
 
+// At exit, one warning when no call ever reached the library although the process used the CUDA
+// driver: its runtime is linked statically (nvcc's default; CuPy), or it allocates only through
+// the driver API or cudaMallocAsync. Such a process runs as if the library were not loaded; this
+// line says why. A destructor, so it costs nothing before; the logger outlives every destructor
+// (control/log.cpp).
+__attribute__((destructor)) void warn_if_never_called() {
+  if (g_ever_started.load(std::memory_order_acquire)) return;
+  void* driver = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_NOLOAD);
+  if (driver == nullptr) return;  // no CUDA at all: nothing to say
+  dlclose(driver);
+  try {
+    std::vector<std::string> ignored;
+    Options options = load_options_from_environment(&ignored);
+    if (options.disable) return;
+    log_init(options);
+    log_warn(
+        "this process used the CUDA driver but no cudaMalloc reached cudapool: its CUDA runtime "
+        "is linked statically (nvcc's default; rebuild with -cudart shared) or it allocates "
+        "through the driver API or cudaMallocAsync only; nothing was pooled");
+  } catch (...) {
+  }
+}
+
 }  // namespace
 
 Shim::Shim(const RealRuntime& rt, const Options& options)
     : rt_(rt), options_(options), backend_(rt), observer_(std::make_unique<LogObserver>()) {}
+
+void Shim::note_called() {
+  if (!g_ever_started.load(std::memory_order_relaxed))
+    g_ever_started.store(true, std::memory_order_release);
+}
 
 Shim* Shim::get(const RealRuntime& rt) {
   if (Shim* s = g_shim.load(std::memory_order_acquire)) return s;
@@ -62,6 +92,7 @@ Shim* Shim::init(const RealRuntime& rt) {
       sched_yield();
     return g_shim.load(std::memory_order_acquire);
   }
+  note_called();
   Shim* shim = nullptr;
   try {
     std::vector<std::string> warnings;

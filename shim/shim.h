@@ -35,6 +35,8 @@ class Shim final : public ControlTarget {
   // The active Shim, built on first use; null when the library passes everything through
   // (CUDAPOOL_DISABLE=1 or a failed start).
   static Shim* get(const RealRuntime& rt);
+  // A call reached the library (the pool may still be off): no "never called" warning at exit.
+  static void note_called();
 
   cudaError_t malloc(void** ptr, size_t size);
   cudaError_t free(void* ptr);

@@ -51,6 +51,54 @@ TEST(Inert, NoThreadNoFileBeforeTheFirstCudaCall) {
   EXPECT_CUDA_OK(cudaFree(p));
 }
 
+// ---- A process that used the driver but never called the shim ----------------------------------
+
+constexpr const char* kNeverCalled = "no cudaMalloc reached cudapool";
+
+// Uses the runtime, which loads the driver library as NVIDIA's does, without calling a function the
+// shim interposes: how a program with a statically linked runtime looks from the shim.
+INTEG_SCENARIO(driver_without_calls) {
+  int count = 0;
+  return cudaGetDeviceCount(&count) == cudaSuccess && count > 0 ? 0 : 1;
+}
+
+INTEG_SCENARIO(driver_with_calls) {
+  void* p = nullptr;
+  if (cudaMalloc(&p, 4096) != cudaSuccess) return 1;
+  return cudaFree(p) == cudaSuccess ? 0 : 1;
+}
+
+std::size_t count_of(const std::string& text, const std::string& what) {
+  std::size_t n = 0;
+  for (std::size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1))
+    ++n;
+  return n;
+}
+
+TEST(NeverCalled, ExitWarnsOnceWhenTheDriverWasUsedButNoCallCame) {
+  ProcessResult r = run_scenario("driver_without_calls", EnvChanges{});
+  EXPECT_EQ(0, r.exit_code) << describe(r);
+  EXPECT_EQ(1u, count_of(r.output, kNeverCalled)) << describe(r);
+  EXPECT_NE(std::string::npos, r.output.find("-cudart shared")) << describe(r);
+}
+
+TEST(NeverCalled, NoWarningOnceACallCame) {
+  ProcessResult r = run_scenario("driver_with_calls", EnvChanges{});
+  EXPECT_EQ(0, r.exit_code) << describe(r);
+  EXPECT_NE(std::string::npos, r.output.find("active")) << describe(r);  // the start-up line
+  EXPECT_EQ(0u, count_of(r.output, kNeverCalled)) << describe(r);
+}
+
+TEST(NeverCalled, NoWarningWithoutTheDriverOrWhenSilenced) {
+  for (const EnvChanges& env : {EnvChanges{{{"STANDIN_DRIVER_LIBRARY", "0"}}, {}},
+                                EnvChanges{{{"CUDAPOOL_LOG_LEVEL", "error"}}, {}},
+                                EnvChanges{{{"CUDAPOOL_DISABLE", "1"}}, {}}}) {
+    ProcessResult r = run_scenario("driver_without_calls", env);
+    EXPECT_EQ(0, r.exit_code) << describe(r);
+    EXPECT_EQ(0u, count_of(r.output, kNeverCalled)) << env.set[0].first << "\n" << describe(r);
+  }
+}
+
 // ---- Fork (§4.2) -------------------------------------------------------------------------------
 
 // Waits for a child started with fork(); kills it after `timeout`. Returns its exit code, or -1.
