@@ -129,6 +129,12 @@ const RealRuntime* resolve() {
 
 }  // namespace
 
+bool shared_runtime_loaded() {
+  LoadedRuntime loaded;
+  dl_iterate_phdr(find_loaded_runtime, &loaded);
+  return !loaded.path.empty();
+}
+
 bool RealRuntime::complete() const {
   return cudaMalloc && cudaFree && cudaMemGetInfo && cudaDeviceReset && cudaIpcGetMemHandle &&
          cudaStreamEndCapture && cudaStreamIsCapturing && cudaGetDevice && cudaSetDevice &&

@@ -59,6 +59,9 @@ inline const RealRuntime* real_runtime() {
   return resolve_real_runtime();
 }
 
+// True when a shared libcudart.so.* (other than this library) is loaded in the process.
+bool shared_runtime_loaded();
+
 // Forgets the resolution (after fork the child resolves again; the table itself stays valid).
 void reset_real_runtime_after_fork();
 

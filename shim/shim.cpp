@@ -44,24 +44,26 @@ class LogObserver final : public PoolObserver {
 };
 
 // At exit, one warning when no call ever reached the library although the process used the CUDA
-// driver: its runtime is linked statically (nvcc's default; CuPy), or it allocates only through
-// the driver API or cudaMallocAsync. Such a process runs as if the library were not loaded; this
-// line says why. A destructor, so it costs nothing before; the logger outlives every destructor
-// (control/log.cpp).
+// driver without a shared CUDA runtime: its runtime is linked statically (nvcc's default; CuPy)
+// or it allocates through the driver API only. Such a process runs as if the library were not
+// loaded; this line says why. (A process with a shared runtime that never called cudaMalloc,
+// say one that only counted the devices, gets no warning.) A destructor, so it costs nothing
+// before; the logger outlives every destructor (control/log.cpp).
 __attribute__((destructor)) void warn_if_never_called() {
   if (g_ever_started.load(std::memory_order_acquire)) return;
   void* driver = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_NOLOAD);
   if (driver == nullptr) return;  // no CUDA at all: nothing to say
   dlclose(driver);
   try {
+    if (shared_runtime_loaded()) return;
     std::vector<std::string> ignored;
     Options options = load_options_from_environment(&ignored);
     if (options.disable) return;
     log_init(options);
     log_warn(
-        "this process used the CUDA driver but no cudaMalloc reached cudapool: its CUDA runtime "
-        "is linked statically (nvcc's default; rebuild with -cudart shared) or it allocates "
-        "through the driver API or cudaMallocAsync only; nothing was pooled");
+        "this process used the CUDA driver without a shared CUDA runtime, so no cudaMalloc "
+        "reached cudapool and nothing was pooled: its runtime is linked statically (nvcc's "
+        "default; rebuild with -cudart shared) or it allocates through the driver API");
   } catch (...) {
   }
 }

@@ -55,14 +55,14 @@ TEST(Inert, NoThreadNoFileBeforeTheFirstCudaCall) {
 
 constexpr const char* kNeverCalled = "no cudaMalloc reached cudapool";
 
-// Uses the runtime, which loads the driver library as NVIDIA's does, without calling a function the
-// shim interposes: how a program with a statically linked runtime looks from the shim.
-INTEG_SCENARIO(driver_without_calls) {
+// Uses the runtime (which loads the driver library, as NVIDIA's does) without calling a function
+// the shim interposes, say to count the devices: no reason to warn, a shared runtime is there.
+INTEG_SCENARIO(runtime_without_calls) {
   int count = 0;
   return cudaGetDeviceCount(&count) == cudaSuccess && count > 0 ? 0 : 1;
 }
 
-INTEG_SCENARIO(driver_with_calls) {
+INTEG_SCENARIO(runtime_with_calls) {
   void* p = nullptr;
   if (cudaMalloc(&p, 4096) != cudaSuccess) return 1;
   return cudaFree(p) == cudaSuccess ? 0 : 1;
@@ -75,28 +75,45 @@ std::size_t count_of(const std::string& text, const std::string& what) {
   return n;
 }
 
-TEST(NeverCalled, ExitWarnsOnceWhenTheDriverWasUsedButNoCallCame) {
-  ProcessResult r = run_scenario("driver_without_calls", EnvChanges{});
+// The driver without a shared runtime: what a program linked with the static runtime looks like.
+ProcessResult run_driver_only(const EnvChanges& env, bool load_driver = true) {
+  const char* program = std::getenv("INTEG_DRIVER_ONLY");
+  const char* driver = std::getenv("INTEG_STANDIN_DRIVER");
+  EXPECT_NE(nullptr, program);
+  EXPECT_NE(nullptr, driver);
+  if (program == nullptr || driver == nullptr) return {};
+  std::vector<std::string> argv = {program};
+  if (load_driver) argv.emplace_back(driver);
+  return run_process(argv, env);
+}
+
+TEST(NeverCalled, ExitWarnsOnceWhenTheDriverRanWithoutASharedRuntime) {
+  ProcessResult r = run_driver_only(EnvChanges{});
   EXPECT_EQ(0, r.exit_code) << describe(r);
   EXPECT_EQ(1u, count_of(r.output, kNeverCalled)) << describe(r);
   EXPECT_NE(std::string::npos, r.output.find("-cudart shared")) << describe(r);
 }
 
-TEST(NeverCalled, NoWarningOnceACallCame) {
-  ProcessResult r = run_scenario("driver_with_calls", EnvChanges{});
-  EXPECT_EQ(0, r.exit_code) << describe(r);
-  EXPECT_NE(std::string::npos, r.output.find("active")) << describe(r);  // the start-up line
-  EXPECT_EQ(0u, count_of(r.output, kNeverCalled)) << describe(r);
-}
-
 TEST(NeverCalled, NoWarningWithoutTheDriverOrWhenSilenced) {
-  for (const EnvChanges& env : {EnvChanges{{{"STANDIN_DRIVER_LIBRARY", "0"}}, {}},
-                                EnvChanges{{{"CUDAPOOL_LOG_LEVEL", "error"}}, {}},
+  ProcessResult r = run_driver_only(EnvChanges{}, /*load_driver=*/false);
+  EXPECT_EQ(0, r.exit_code) << describe(r);
+  EXPECT_EQ(0u, count_of(r.output, kNeverCalled)) << describe(r);
+  for (const EnvChanges& env : {EnvChanges{{{"CUDAPOOL_LOG_LEVEL", "error"}}, {}},
                                 EnvChanges{{{"CUDAPOOL_DISABLE", "1"}}, {}}}) {
-    ProcessResult r = run_scenario("driver_without_calls", env);
+    r = run_driver_only(env);
     EXPECT_EQ(0, r.exit_code) << describe(r);
     EXPECT_EQ(0u, count_of(r.output, kNeverCalled)) << env.set[0].first << "\n" << describe(r);
   }
+}
+
+TEST(NeverCalled, NoWarningWithASharedRuntime) {
+  ProcessResult r = run_scenario("runtime_without_calls", EnvChanges{});
+  EXPECT_EQ(0, r.exit_code) << describe(r);
+  EXPECT_EQ(0u, count_of(r.output, kNeverCalled)) << describe(r);
+  r = run_scenario("runtime_with_calls", EnvChanges{});
+  EXPECT_EQ(0, r.exit_code) << describe(r);
+  EXPECT_NE(std::string::npos, r.output.find("active")) << describe(r);  // the start-up line
+  EXPECT_EQ(0u, count_of(r.output, kNeverCalled)) << describe(r);
 }
 
 // ---- Fork (§4.2) -------------------------------------------------------------------------------
