@@ -25,7 +25,7 @@ std::atomic<int> g_init_state{kUninitialised};
 std::atomic<Shim*> g_shim{nullptr};
 std::atomic<bool> g_exiting{false};
 bool g_handlers_installed = false;        // survives fork: handlers are inherited
-std::atomic<bool> g_ever_started{false};  // a call reached init() here or in a parent; never reset
+std::atomic<bool> g_ever_started{false};  // a call reached the library, here or in a parent
 
 // Logs the pool's rare events. Routine releases go to debug; failures are warnings.
 class LogObserver final : public PoolObserver {
