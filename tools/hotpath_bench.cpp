@@ -18,14 +18,12 @@
 // pool hits; the pool's fences show up as device synchronisations.
 #include <cuda_runtime_api.h>
 #include <dlfcn.h>
-#include <limits.h>
 #include <stdlib.h>
 
 #include <algorithm>
 #include <barrier>
 #include <chrono>
 #include <cinttypes>
-#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>

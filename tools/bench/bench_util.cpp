@@ -1,13 +1,11 @@
 #include "tools/bench/bench_util.h"
 
 #include <dlfcn.h>
-#include <limits.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
