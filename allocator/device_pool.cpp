@@ -9,6 +9,26 @@ namespace {
 bool succeeded(Status s) {
   return s == Status::kOk || s == Status::kUnloading;
 }
+
+// Address space reserved at a time for the ranges of one kind (pages): reserving costs no
+// memory, and one range serves many blocks; a larger request gets a range of its own size.
+constexpr std::size_t kRangeSize = 1 * kGiB;
+
+// The page size the pool uses: the backend's, when pages are wanted and it is usable.
+std::size_t pages_for(Backend& backend, int device, VmmMode mode) {
+  if (mode == VmmMode::kOff) return 0;
+  std::size_t page = backend.page_size(device);
+  bool usable =
+      page != 0 && (page & (page - 1)) == 0 && page % kAlignment == 0 && kRangeSize % page == 0;
+  return usable ? page : 0;
+}
+
+std::uintptr_t round_down(std::uintptr_t a, std::size_t page) {
+  return a & ~(static_cast<std::uintptr_t>(page) - 1);
+}
+std::uintptr_t round_up(std::uintptr_t a, std::size_t page) {
+  return round_down(a + page - 1, page);
+}
 }  // namespace
 
 DevicePool::DevicePool(int device, Backend& backend, SyncGate& gate, const Policy& policy,
@@ -17,12 +37,18 @@ DevicePool::DevicePool(int device, Backend& backend, SyncGate& gate, const Polic
       backend_(backend),
       gate_(gate),
       observer_(observer),
+      page_size_(pages_for(backend, device, policy.vmm)),
       policy_(policy),
-      wake_threshold_(policy.high_watermark) {}
+      wake_threshold_(policy.high_watermark) {
+  stats_.page_size = page_size_;
+}
 
 DevicePool::~DevicePool() {
   // Only metadata: the memory itself stays with the driver (the shim never destroys its pools).
-  drop_all();
+  {
+    std::lock_guard lock(mutex_);
+    forget_all();
+  }
   while (spare_blocks_ != nullptr) {
     Block* next = spare_blocks_->next;
     delete spare_blocks_;
@@ -70,6 +96,7 @@ Status DevicePool::free(void* ptr, bool* wake_releaser) {
   // recorded work that uses it.
   if (policy_.reuse == ReuseMode::kImmediate && !gate_.capture_active()) {
     make_free(b);
+    unfenced_frees_ = true;  // its pages may be unmapped only after a fence
   } else {
     b->state = Block::State::kPending;
     b->pending_seq = ++pending_seq_;
@@ -90,28 +117,37 @@ Status DevicePool::free(void* ptr, bool* wake_releaser) {
 // ---- block bookkeeping (mutex_ held) --------------------------------------------------------
 
 DevicePool::Block* DevicePool::take_free_block(PoolKind kind, std::size_t rounded) {
-  std::size_t max_size = kind == PoolKind::kLarge ? largest_acceptable_fit(rounded) : SIZE_MAX;
+  // With pages, the rest of a larger run stays free and its whole pages can move elsewhere.
+  std::size_t max_size =
+      kind == PoolKind::kLarge && page_size_ == 0 ? largest_acceptable_fit(rounded) : SIZE_MAX;
   Block* b = free_index(kind).take_best_fit(rounded, max_size);
-  return b != nullptr ? carve(b, rounded) : nullptr;
+  if (b == nullptr) return nullptr;
+  if (b->in_idle_list) [[unlikely]]
+    unlink_idle(b);
+  return carve(b, rounded);
+}
+
+// Splits b into [addr, addr + head_size) (b itself) and the rest (returned, same state).
+DevicePool::Block* DevicePool::split(Block* b, std::size_t head_size) {
+  Block* rest = new_block();
+  rest->addr = b->addr + head_size;
+  rest->size = b->size - head_size;
+  rest->segment = b->segment;
+  rest->prev = b;
+  rest->next = b->next;
+  rest->state = b->state;
+  if (b->next != nullptr) b->next->prev = rest;
+  b->next = rest;
+  b->size = head_size;
+  return rest;
 }
 
 // Hands out the front of free block `b` (not in any index), returning the rest to the index.
 DevicePool::Block* DevicePool::carve(Block* b, std::size_t rounded) {
   Segment* s = b->segment;
-  if (s->kind != PoolKind::kLarge && b->size - rounded >= kAlignment) {
-    Block* rest = new_block();
-    rest->addr = b->addr + rounded;
-    rest->size = b->size - rounded;
-    rest->segment = s;
-    rest->prev = b;
-    rest->next = b->next;
-    rest->state = Block::State::kFree;
-    if (b->next != nullptr) b->next->prev = rest;
-    b->next = rest;
-    b->size = rounded;
-    free_index(s->kind).insert(rest);
-  }
-  if (s->busy == 0) free_segment_bytes_ -= s->size;
+  if ((s->kind != PoolKind::kLarge || page_size_ != 0) && b->size - rounded >= kAlignment)
+    index_free(split(b, rounded));
+  if (s->busy == 0 && page_size_ == 0) free_segment_bytes_ -= s->size;
   s->busy += b->size;
   b->state = Block::State::kInUse;
   live_.insert(b->addr, b);
@@ -128,11 +164,15 @@ DevicePool::Block* DevicePool::carve(Block* b, std::size_t rounded) {
 void DevicePool::make_free(Block* b) {
   Segment* s = b->segment;
   s->busy -= b->size;
-  if (s->busy == 0) free_segment_bytes_ += s->size;
+  if (s->busy == 0 && page_size_ == 0) free_segment_bytes_ += s->size;
   b->state = Block::State::kFree;
-  FreeIndex<Block>& index = free_index(s->kind);
+  index_free(merge_free(b));
+}
+
+// Merges free block b (in no index) with its free neighbours; returns the merged block.
+DevicePool::Block* DevicePool::merge_free(Block* b) {
   if (Block* prev = b->prev; prev != nullptr && prev->state == Block::State::kFree) {
-    index.erase(prev);
+    unindex_free(prev);
     prev->size += b->size;
     prev->next = b->next;
     if (b->next != nullptr) b->next->prev = prev;
@@ -140,13 +180,45 @@ void DevicePool::make_free(Block* b) {
     b = prev;
   }
   if (Block* next = b->next; next != nullptr && next->state == Block::State::kFree) {
-    index.erase(next);
+    unindex_free(next);
     b->size += next->size;
     b->next = next->next;
     if (next->next != nullptr) next->next->prev = b;
     recycle_block(next);
   }
-  index.insert(b);
+  return b;
+}
+
+// A free block enters its kind's index and, with pages, the idle list when it holds whole pages.
+void DevicePool::index_free(Block* b) {
+  free_index(b->segment->kind).insert(b);
+  if (page_size_ == 0) return;
+  if (std::size_t whole = whole_pages(b); whole != 0) {
+    idle_page_bytes_ += whole;
+    b->in_idle_list = true;
+    b->idle_next = nullptr;
+    b->idle_prev = idle_tail_;
+    (idle_tail_ != nullptr ? idle_tail_->idle_next : idle_head_) = b;
+    idle_tail_ = b;
+  }
+}
+
+void DevicePool::unindex_free(Block* b) {
+  free_index(b->segment->kind).erase(b);
+  if (b->in_idle_list) unlink_idle(b);
+}
+
+void DevicePool::unlink_idle(Block* b) {
+  idle_page_bytes_ -= whole_pages(b);
+  b->in_idle_list = false;
+  (b->idle_prev != nullptr ? b->idle_prev->idle_next : idle_head_) = b->idle_next;
+  (b->idle_next != nullptr ? b->idle_next->idle_prev : idle_tail_) = b->idle_prev;
+}
+
+std::size_t DevicePool::whole_pages(const Block* b) const {
+  std::uintptr_t lo = round_up(b->addr, page_size_);
+  std::uintptr_t hi = round_down(b->addr + b->size, page_size_);
+  return hi > lo ? hi - lo : 0;
 }
 
 DevicePool::Block* DevicePool::new_block() {
@@ -160,6 +232,14 @@ DevicePool::Block* DevicePool::new_block() {
 void DevicePool::recycle_block(Block* b) {
   b->next = spare_blocks_;
   spare_blocks_ = b;
+}
+
+DevicePool::Block* DevicePool::block_at(std::uintptr_t addr) {
+  const Segment* s = segment_containing(addr);
+  Block* b = s != nullptr ? s->first : nullptr;
+  while (b != nullptr && addr >= b->addr + b->size)
+    b = b->next;
+  return b;
 }
 
 const DevicePool::Segment* DevicePool::segment_containing(std::uintptr_t addr) const {
@@ -180,6 +260,7 @@ void DevicePool::note_peaks() {
 // A miss: fence if enough memory is pending, respect the limit, grow, and on out-of-memory
 // release idle memory and retry before failing.
 Status DevicePool::allocate_slow(PoolKind kind, std::size_t rounded, void** ptr) {
+  if (page_size_ != 0) return allocate_slow_pages(kind, rounded, ptr);
   std::size_t segment_size = segment_size_for(kind, rounded);
   auto try_take = [&]() -> bool {
     std::lock_guard lock(mutex_);
@@ -297,23 +378,407 @@ Status DevicePool::grow(PoolKind kind, std::size_t segment_size, std::size_t rou
   return Status::kOk;
 }
 
+// ---- pages (docs/pages.md) ---------------------------------------------------------------
+
+// A miss with pages: fence when enough is pending (as with segments), then under release_mutex_
+// gather the pages the request needs: idle ones first (spare, then whole pages of free runs,
+// unmapped from there), new ones only for the shortfall; map them as one run into a hole of a
+// range of the request's kind, and serve the request from it. Out of memory or over the limit:
+// fence whatever is pending, gather again, and fail only if the pages still cannot be had.
+Status DevicePool::allocate_slow_pages(PoolKind kind, std::size_t rounded, void** ptr) {
+  auto try_take = [&](bool hit) -> bool {
+    std::lock_guard lock(mutex_);
+    Block* b = take_free_block(kind, rounded);
+    if (b == nullptr) return false;
+    if (hit) ++stats_.hits;
+    *ptr = reinterpret_cast<void*>(b->addr);
+    return true;
+  };
+  std::size_t need = round_up(rounded, page_size_) / page_size_;
+  std::uint64_t pending;
+  {
+    std::lock_guard lock(mutex_);
+    pending = stats_.pending;
+  }
+  std::uint64_t fence_at =
+      std::max<std::uint64_t>(need * page_size_, kind == PoolKind::kLarge ? 0 : kFenceBatch);
+  if (pending >= fence_at && fence() && try_take(true)) return Status::kOk;
+
+  std::lock_guard grow_lock(release_mutex_);
+  if (try_take(true)) return Status::kOk;  // another thread's growth or fence served it meanwhile
+  std::vector<PageHandle> pages;
+  pages.reserve(need);
+  steal_pages(need, &pages);
+  bool over_limit = false;
+  Status st = create_pages(need - pages.size(), &pages, &over_limit);
+  bool served = false;
+  if (st == Status::kOutOfMemory) {
+    {
+      std::lock_guard lock(mutex_);
+      ++(over_limit ? stats_.limit_hits : stats_.oom_retries);
+    }
+    {  // what is pending may hold whole pages once fenced
+      SyncGate::SyncPermit permit(gate_);
+      if (permit.allowed()) fence_with_permit();
+    }
+    served = try_take(true);
+    if (!served) {
+      steal_pages(need, &pages);
+      st = create_pages(need - pages.size(), &pages, &over_limit);
+    }
+  }
+  if (!served && st == Status::kOk) st = map_pages(kind, &pages);
+  if (!pages.empty()) {  // gathered but not mapped: idle, for the release rules
+    std::lock_guard lock(mutex_);
+    spare_pages_.insert(spare_pages_.end(), pages.begin(), pages.end());
+  }
+  if (served || (st == Status::kOk && try_take(false))) return Status::kOk;
+  std::lock_guard lock(mutex_);
+  ++stats_.alloc_failures;
+  return st == Status::kOk ? Status::kError : st;
+}
+
+void DevicePool::steal_pages(std::size_t want, std::vector<PageHandle>* out) {
+  std::vector<PageAt> taken;
+  {
+    std::lock_guard lock(mutex_);
+    while (out->size() < want && !spare_pages_.empty()) {
+      out->push_back(spare_pages_.back());
+      spare_pages_.pop_back();
+    }
+    if (out->size() >= want || idle_page_bytes_ == 0) return;
+  }
+  // Unmapping breaks a capture like a free, and must follow a fence of every free on the page.
+  SyncGate::SyncPermit permit(gate_);
+  if (!permit.allowed() || !fence_with_permit(/*for_unmap=*/true)) return;
+  {
+    std::lock_guard lock(mutex_);
+    if (unfenced_frees_) return;  // freed without a fence since: not now (a miss creates instead)
+    take_idle_pages(want - out->size(), &taken);
+  }
+  unmap_taken(&taken);
+  std::lock_guard lock(mutex_);
+  for (const PageAt& p : taken) {
+    out->push_back(p.handle);
+    ++stats_.page_remaps;
+  }
+}
+
+void DevicePool::take_idle_pages(std::size_t want, std::vector<PageAt>* out) {
+  while (want != 0 && idle_head_ != nullptr) {
+    Block* b = idle_head_;
+    std::uintptr_t lo = round_up(b->addr, page_size_);
+    std::uintptr_t hi = round_down(b->addr + b->size, page_size_);
+    std::size_t n = std::min<std::size_t>(want, (hi - lo) / page_size_);
+    // From the end of the run: its start stays where the allocations that follow look first.
+    punch_hole(b, hi - n * page_size_, hi, out);
+    want -= n;
+  }
+}
+
+// Turns [lo, hi) (page-aligned, inside free block b) into a hole, appending its pages to *out.
+DevicePool::Block* DevicePool::punch_hole(Block* b, std::uintptr_t lo, std::uintptr_t hi,
+                                          std::vector<PageAt>* out) {
+  unindex_free(b);
+  Segment* s = b->segment;
+  if (lo > b->addr) {
+    Block* head = b;
+    b = split(head, lo - head->addr);
+    index_free(head);
+  }
+  if (hi < b->addr + b->size) index_free(split(b, hi - b->addr));
+  for (std::uintptr_t a = lo; a < hi; a += page_size_) {
+    PageHandle& h = s->pages[(a - s->base) / page_size_];
+    out->push_back({a, h});
+    h = 0;
+  }
+  return add_hole(b);
+}
+
+DevicePool::Block* DevicePool::add_hole(Block* b) {
+  FreeIndex<Block>& holes = holes_[static_cast<int>(b->segment->kind)];
+  b->state = Block::State::kHole;
+  if (Block* prev = b->prev; prev != nullptr && prev->state == Block::State::kHole) {
+    holes.erase(prev);
+    prev->size += b->size;
+    prev->next = b->next;
+    if (b->next != nullptr) b->next->prev = prev;
+    recycle_block(b);
+    b = prev;
+  }
+  if (Block* next = b->next; next != nullptr && next->state == Block::State::kHole) {
+    holes.erase(next);
+    b->size += next->size;
+    b->next = next->next;
+    if (next->next != nullptr) next->next->prev = b;
+    recycle_block(next);
+  }
+  holes.insert(b);
+  return b;
+}
+
+// Maps `count` pages at [addr, ...) inside `hole` (in the hole index) into one free run.
+void DevicePool::fill_hole(Block* hole, std::uintptr_t addr, const PageHandle* pages,
+                           std::size_t count) {
+  FreeIndex<Block>& holes = holes_[static_cast<int>(hole->segment->kind)];
+  holes.erase(hole);
+  Block* b = hole;
+  if (addr > hole->addr) {
+    b = split(hole, addr - hole->addr);
+    holes.insert(hole);
+  }
+  if (std::size_t bytes = count * page_size_; bytes < b->size) holes.insert(split(b, bytes));
+  Segment* s = b->segment;
+  for (std::size_t i = 0; i < count; ++i)
+    s->pages[(addr - s->base) / page_size_ + i] = pages[i];
+  b->state = Block::State::kFree;
+  index_free(merge_free(b));
+}
+
+void DevicePool::unmap_taken(std::vector<PageAt>* taken) {
+  std::size_t kept = 0, unmapped = 0;
+  for (PageAt& p : *taken) {
+    Status st = backend_.unmap(device_, p.addr);
+    if (succeeded(st)) {
+      ++unmapped;
+      p.addr = 0;
+      (*taken)[kept++] = p;
+      continue;
+    }
+    if (observer_ != nullptr) observer_->on_driver_error(device_, "unmap", st);
+    std::lock_guard lock(mutex_);  // still mapped: back into its range as free memory
+    fill_hole(block_at(p.addr), p.addr, &p.handle, 1);
+  }
+  taken->resize(kept);
+  std::lock_guard lock(mutex_);
+  stats_.page_unmaps += unmapped;
+  stats_.pages_unmapped += unmapped;
+}
+
+Status DevicePool::create_pages(std::size_t count, std::vector<PageHandle>* out, bool* over_limit) {
+  *over_limit = false;
+  if (count == 0) return Status::kOk;
+  std::uint64_t bytes = count * page_size_;
+  {
+    std::lock_guard lock(mutex_);
+    *over_limit = policy_.limit != 0 && committed_bytes() + bytes > policy_.limit;
+    if (*over_limit) return Status::kOutOfMemory;
+    growing_bytes_ += bytes;
+  }
+  Status st = Status::kOk;
+  std::size_t created = 0;
+  for (; created < count; ++created) {
+    PageHandle h = 0;
+    st = backend_.create_page(device_, &h);
+    if (st != Status::kOk) break;
+    out->push_back(h);
+  }
+  if (st != Status::kOk && st != Status::kOutOfMemory && observer_ != nullptr)
+    observer_->on_driver_error(device_, "create", st);
+  std::lock_guard lock(mutex_);
+  growing_bytes_ -= bytes;
+  stats_.held += created * page_size_;
+  stats_.pages += created;
+  stats_.pages_unmapped += created;
+  stats_.page_creates += created;
+  note_peaks();
+  return st;
+}
+
+Status DevicePool::map_pages(PoolKind kind, std::vector<PageHandle>* pages) {
+  const std::size_t count = pages->size();
+  const std::size_t bytes = count * page_size_;
+  Block* hole;
+  {
+    std::lock_guard lock(mutex_);
+    hole = holes_[static_cast<int>(kind)].best_fit(bytes);
+  }
+  if (hole == nullptr) {
+    std::size_t size = std::max(kRangeSize, bytes);
+    std::uintptr_t base = 0;
+    Status st = backend_.reserve(device_, size, &base);
+    if (st != Status::kOk) {
+      if (observer_ != nullptr) observer_->on_driver_error(device_, "reserve", st);
+      return st;
+    }
+    std::lock_guard lock(mutex_);
+    auto* s = new Segment();
+    s->base = base;
+    s->size = size;
+    s->kind = kind;
+    s->seq = ++segment_seq_;
+    s->pages.assign(size / page_size_, 0);
+    hole = new_block();
+    hole->addr = base;
+    hole->size = size;
+    hole->segment = s;
+    s->first = hole;
+    segments_.emplace(base, s);
+    ++stats_.segments;
+    ++stats_.reservations;
+    hole = add_hole(hole);
+  }
+  // The hole stays in the index while the pages are mapped: only this thread (release_mutex_)
+  // changes holes.
+  const std::uintptr_t addr = hole->addr;
+  std::size_t mapped = 0;
+  Status st = Status::kOk;
+  for (; mapped < count; ++mapped) {
+    st = backend_.map(device_, addr + mapped * page_size_, (*pages)[mapped]);
+    if (st != Status::kOk) break;
+  }
+  if (st == Status::kOk) st = backend_.set_access(device_, addr, bytes);
+  if (st != Status::kOk) {
+    if (observer_ != nullptr) observer_->on_driver_error(device_, "map", st);
+    std::vector<bool> stuck(mapped, false);
+    std::size_t unmapped = 0;
+    for (std::size_t i = 0; i < mapped; ++i) {
+      stuck[i] = !succeeded(backend_.unmap(device_, addr + i * page_size_));
+      if (!stuck[i]) ++unmapped;
+    }
+    std::lock_guard lock(mutex_);
+    stats_.page_maps += mapped;
+    stats_.page_unmaps += unmapped;
+    // A page that cannot be unmapped stays where it is, as free memory once it is accessible;
+    // if not even that works, it is lost to the pool (it leaves the counts; an error was logged).
+    std::size_t kept = 0;
+    for (std::size_t i = 0; i < count; ++i) {
+      if (i >= mapped || !stuck[i]) {
+        (*pages)[kept++] = (*pages)[i];
+        continue;
+      }
+      std::uintptr_t at = addr + i * page_size_;
+      --stats_.pages_unmapped;
+      if (backend_.set_access(device_, at, page_size_) == Status::kOk) {
+        fill_hole(block_at(at), at, &(*pages)[i], 1);
+      } else {
+        stats_.held -= page_size_;
+        --stats_.pages;
+      }
+    }
+    pages->resize(kept);
+    return st;
+  }
+  std::lock_guard lock(mutex_);
+  fill_hole(hole, addr, pages->data(), count);
+  stats_.page_maps += count;
+  stats_.pages_unmapped -= count;
+  pages->clear();
+  return Status::kOk;
+}
+
+// Releases idle pages until idle <= keep_idle: spare pages first, then whole pages of free runs,
+// oldest-freed run first. Every unmap follows a fence of the frees on its page.
+std::uint64_t DevicePool::release_pages_with_permit(std::uint64_t keep_idle, ReleaseReason reason) {
+  {
+    std::lock_guard lock(mutex_);
+    if (stats_.held - stats_.in_use <= keep_idle) return 0;
+  }
+  if (!fence_with_permit(/*for_unmap=*/true)) return 0;
+  std::vector<PageHandle> spare;
+  std::vector<PageAt> mapped;
+  std::size_t taken;
+  {
+    std::lock_guard lock(mutex_);
+    if (unfenced_frees_) return 0;  // freed without a fence meanwhile: the next pass
+    std::uint64_t idle = stats_.held - stats_.in_use;
+    std::size_t want = 0;
+    std::size_t available = spare_pages_.size() + idle_page_bytes_ / page_size_;
+    for (; want < available && idle > keep_idle; ++want)
+      idle -= std::min<std::uint64_t>(idle, page_size_);
+    while (want != 0 && !spare_pages_.empty()) {
+      spare.push_back(spare_pages_.back());
+      spare_pages_.pop_back();
+      --want;
+    }
+    take_idle_pages(want, &mapped);
+    taken = spare.size() + mapped.size();
+    stats_.held -= taken * page_size_;
+    stats_.pages -= taken;
+    releasing_bytes_ += taken * page_size_;
+  }
+  std::size_t to_unmap = mapped.size();
+  unmap_taken(&mapped);  // a page that cannot be unmapped goes back into its range
+  for (const PageAt& p : mapped)
+    spare.push_back(p.handle);
+  std::size_t count = 0;
+  std::vector<PageHandle> kept;
+  for (PageHandle h : spare) {
+    Status st = backend_.release_page(device_, h);
+    if (succeeded(st)) {
+      ++count;
+      continue;
+    }
+    if (observer_ != nullptr) observer_->on_driver_error(device_, "release", st);
+    kept.push_back(h);
+  }
+  std::uint64_t released = count * page_size_;
+  {
+    std::lock_guard lock(mutex_);
+    std::size_t back = (to_unmap - mapped.size()) + kept.size();  // still ours after all
+    spare_pages_.insert(spare_pages_.end(), kept.begin(), kept.end());
+    stats_.held += back * page_size_;
+    stats_.pages += back;
+    stats_.pages_unmapped -= count;
+    releasing_bytes_ -= taken * page_size_;
+    stats_.page_releases += count;
+    if (count == 0) return 0;
+    stats_.released_bytes += released;
+    ++stats_.releases;
+    ++stats_.releases_by_reason[static_cast<int>(reason)];
+  }
+  if (observer_ != nullptr) observer_->on_release(device_, reason, released, count);
+  return released;
+}
+
+Status DevicePool::refresh_access() {
+  if (page_size_ == 0) return Status::kOk;
+  std::lock_guard release_lock(release_mutex_);
+  std::vector<std::pair<std::uintptr_t, std::size_t>> runs;
+  {
+    std::lock_guard lock(mutex_);
+    for (const auto& [base, s] : segments_)
+      for (const Block* b = s->first; b != nullptr; b = b->next) {
+        if (b->state == Block::State::kHole) continue;
+        std::uintptr_t lo = round_down(b->addr, page_size_);
+        std::uintptr_t hi = round_up(b->addr + b->size, page_size_);
+        if (!runs.empty() && runs.back().first + runs.back().second >= lo) {
+          runs.back().second = hi - runs.back().first;
+        } else {
+          runs.emplace_back(lo, hi - lo);
+        }
+      }
+  }
+  Status result = Status::kOk;
+  for (const auto& [addr, size] : runs)
+    if (Status st = backend_.set_access(device_, addr, size); st != Status::kOk) result = st;
+  return result;
+}
+
 bool DevicePool::fence() {
   SyncGate::SyncPermit permit(gate_);
   if (!permit.allowed()) return false;
   return fence_with_permit();
 }
 
-bool DevicePool::fence_with_permit() {
+// for_unmap: also when no block is pending but some became free without a fence (immediate
+// reuse), since their pages are about to be unmapped.
+bool DevicePool::fence_with_permit(bool for_unmap) {
   std::uint64_t target, generation;
+  bool unfenced;
   {
     std::lock_guard lock(mutex_);
-    if (pending_head_ == nullptr) return true;
+    unfenced = unfenced_frees_;
+    if (pending_head_ == nullptr && !(for_unmap && unfenced)) return true;
     target = pending_seq_;
     generation = generation_;
+    unfenced_frees_ = false;  // the synchronisation covers every free made before it
   }
   Status st = backend_.synchronize(device_);
   if (!succeeded(st)) {
     if (observer_ != nullptr) observer_->on_driver_error(device_, "synchronize", st);
+    std::lock_guard lock(mutex_);
+    unfenced_frees_ = unfenced_frees_ || unfenced;
     return false;
   }
   std::lock_guard lock(mutex_);
@@ -337,6 +802,7 @@ std::uint64_t DevicePool::release_idle(std::uint64_t keep_idle, ReleaseReason re
 }
 
 std::uint64_t DevicePool::release_with_permit(std::uint64_t keep_idle, ReleaseReason reason) {
+  if (page_size_ != 0) return release_pages_with_permit(keep_idle, reason);
   bool has_pending;
   {
     std::lock_guard lock(mutex_);
@@ -407,7 +873,43 @@ std::uint64_t DevicePool::release_with_permit(std::uint64_t keep_idle, ReleaseRe
 
 void DevicePool::drop_all() {
   std::lock_guard release_lock(release_mutex_);
+  if (page_size_ == 0) {
+    std::lock_guard lock(mutex_);
+    forget_all();
+    return;
+  }
+  // A reset does not free pages or ranges (CUDA-FACTS 16): return them, once the device has
+  // finished with them. The application's blocks die with the reset.
+  if (Status st = backend_.synchronize(device_); !succeeded(st) && observer_ != nullptr)
+    observer_->on_driver_error(device_, "synchronize", st);
+  std::vector<PageAt> pages;
+  std::vector<std::pair<std::uintptr_t, std::size_t>> ranges;
+  {
+    std::lock_guard lock(mutex_);
+    for (auto& [base, s] : segments_) {
+      for (std::size_t i = 0; i < s->pages.size(); ++i)
+        if (s->pages[i] != 0) pages.push_back({s->base + i * page_size_, s->pages[i]});
+      ranges.emplace_back(s->base, s->size);
+    }
+    for (PageHandle h : spare_pages_)
+      pages.push_back({0, h});
+    spare_pages_.clear();
+    forget_all();
+  }
+  for (const PageAt& p : pages) {
+    Status st = p.addr != 0 ? backend_.unmap(device_, p.addr) : Status::kOk;
+    if (succeeded(st)) st = backend_.release_page(device_, p.handle);
+    if (!succeeded(st) && observer_ != nullptr) observer_->on_driver_error(device_, "unmap", st);
+  }
+  for (const auto& [base, size] : ranges)
+    if (Status st = backend_.unreserve(device_, base, size); !succeeded(st) && observer_)
+      observer_->on_driver_error(device_, "unreserve", st);
   std::lock_guard lock(mutex_);
+  stats_.page_unmaps += pages.size();
+  stats_.page_releases += pages.size();
+}
+
+void DevicePool::forget_all() {
   for (auto& [base, s] : segments_) {
     for (Block* b = s->first; b != nullptr;) {
       Block* next = b->next;
@@ -420,10 +922,16 @@ void DevicePool::drop_all() {
   live_.clear();
   for (auto& index : free_)
     index.clear();
+  for (auto& index : holes_)
+    index.clear();
   pending_head_ = pending_tail_ = nullptr;
+  idle_head_ = idle_tail_ = nullptr;
   stats_.held = stats_.in_use = stats_.pending = 0;
   stats_.segments = stats_.live_blocks = 0;
+  stats_.pages = stats_.pages_unmapped = 0;
   free_segment_bytes_ = 0;
+  idle_page_bytes_ = 0;
+  unfenced_frees_ = false;
   ++generation_;
 }
 
@@ -433,13 +941,15 @@ Status DevicePool::check_ipc_base(void* ptr) const {
   auto addr = reinterpret_cast<std::uintptr_t>(ptr);
   std::lock_guard lock(mutex_);
   if (const Block* b = live_.find(addr); b != nullptr)
-    return b->addr == b->segment->base ? Status::kOk : Status::kInvalidValue;
+    return b->addr == b->segment->base && page_size_ == 0 ? Status::kOk : Status::kInvalidValue;
   return segment_containing(addr) != nullptr ? Status::kInvalidValue : Status::kNotOwned;
 }
 
 PoolStats DevicePool::stats() const {
   std::lock_guard lock(mutex_);
-  return stats_;
+  PoolStats s = stats_;
+  if (page_size_ != 0) s.pages_mapped_idle = idle_page_bytes_ / page_size_;
+  return s;
 }
 
 std::vector<SegmentView> DevicePool::segments() const {
@@ -455,7 +965,16 @@ std::vector<SegmentView> DevicePool::segments() const {
       SegmentView::BlockState state = SegmentView::BlockState::kFree;
       if (b->state == Block::State::kInUse) state = SegmentView::BlockState::kInUse;
       if (b->state == Block::State::kPending) state = SegmentView::BlockState::kPending;
+      if (b->state == Block::State::kHole) state = SegmentView::BlockState::kHole;
       view.blocks.push_back({b->addr, b->size, state});
+      if (b->state == Block::State::kFree && page_size_ != 0) view.pages_idle += whole_pages(b);
+    }
+    if (page_size_ != 0) {
+      std::uint64_t mapped = 0;
+      for (PageHandle h : seg->pages)
+        mapped += h != 0;
+      view.pages_idle /= page_size_;
+      view.pages_in_use = mapped - view.pages_idle;
     }
     out.push_back(std::move(view));
   }
@@ -481,6 +1000,7 @@ void DevicePool::set_policy(const Policy& policy) {
 
 std::uint64_t DevicePool::releasable_hint() const {
   std::lock_guard lock(mutex_);
+  if (page_size_ != 0) return idle_page_bytes_ + spare_pages_.size() * page_size_ + stats_.pending;
   return free_segment_bytes_ + stats_.pending;
 }
 

@@ -1,21 +1,33 @@
 // DevicePool: the pool of one device.
 //
+// Two layouts, chosen when the pool is built (Policy::vmm and Backend::page_size()):
+//   segments  each segment is one driver allocation, returned only when wholly free;
+//   pages     each segment is an address range the pool reserved, backed by physical pages only
+//             where blocks need them (docs/pages.md). Addresses no block needs are holes
+//             (unmapped); idle pages return to the driver, or move to another range, wherever
+//             they are.
+//
 // Data structures (all guarded by mutex_):
-//   segments_   address -> Segment, every segment this pool holds;
+//   segments_   address -> Segment, every segment (range) this pool holds;
 //   live_       block address -> Block, every block in use (the cudaFree lookup);
 //   free_[k]    free blocks of size class k, for best fit (free_index.h);
+//   holes_      (pages) unmapped runs of every range, for placing new pages;
 //   pending     FIFO of freed blocks waiting for a fence, each stamped with a sequence number.
 // Invariants:
 //   - the blocks of a segment tile it exactly, in address order (prev/next links), and no two
-//     adjacent blocks are both free (they are coalesced);
-//   - held == sum of segment sizes; in_use == sum of live block sizes; pending == sum of pending
-//     block sizes; a segment's busy bytes == its in-use + pending bytes, and it can be released
-//     exactly when busy == 0;
+//     adjacent blocks are both free or both holes (they are coalesced);
+//   - held == sum of segment sizes (segments) or pages owned * page size (pages); in_use == sum
+//     of live block sizes; pending == sum of pending block sizes; a segment's busy bytes == its
+//     in-use + pending bytes, and (segments) it can be released exactly when busy == 0;
+//   - (pages) holes are page-aligned; a page of a range is mapped exactly when a block that is
+//     not a hole overlaps it, and then by exactly one page the pool owns (Segment::pages);
 //   - a pending block becomes free only after a fence that began after the block was freed
-//     (or at once under ReuseMode::kImmediate when no capture is active).
+//     (or at once under ReuseMode::kImmediate when no capture is active); a page is unmapped
+//     only when wholly inside a free block and after a fence that followed every free on it.
 // Locking: mutex_ guards the structures above and is held only for bookkeeping, never across a
 // Backend call. release_mutex_ serialises releases with each other and with drop_all(), so that
-// a segment being returned cannot outlive a device reset.
+// a segment being returned cannot outlive a device reset; with pages it also serialises growth
+// (every change to holes and page mappings happens under it).
 #pragma once
 
 #include <atomic>
@@ -47,7 +59,7 @@ class PoolObserver {
 
 // A copy of one segment and its blocks, for reports (DevicePool::segments()).
 struct SegmentView {
-  enum class BlockState : std::uint8_t { kFree, kInUse, kPending };
+  enum class BlockState : std::uint8_t { kFree, kInUse, kPending, kHole };  // hole: unmapped
   struct BlockView {
     std::uintptr_t addr = 0;
     std::uint64_t size = 0;
@@ -57,6 +69,10 @@ struct SegmentView {
   std::uint64_t size = 0;
   PoolKind kind = PoolKind::kSmall;
   std::vector<BlockView> blocks;  // in address order; they tile the segment
+  // Pages (0 with segments): mapped pages that a live or pending block touches, and mapped pages
+  // wholly inside free blocks. The range's other pages are unmapped (holes).
+  std::uint64_t pages_in_use = 0;
+  std::uint64_t pages_idle = 0;
 };
 
 class DevicePool {
@@ -76,8 +92,12 @@ class DevicePool {
   // memory crossed the high watermark.
   Status free(void* ptr, bool* wake_releaser);
   // kOk if `ptr` is a live block that starts its segment, kInvalidValue if it is inside a segment
-  // otherwise, kNotOwned if not in this pool.
+  // otherwise (always, with pages: mapped memory cannot be exported), kNotOwned if not ours.
   Status check_ipc_base(void* ptr) const;
+  // True when blocks live on pages (docs/pages.md), false with segments.
+  bool uses_pages() const { return page_size_ != 0; }
+  // Applies Backend::set_access again to every mapped page (after the peers changed).
+  Status refresh_access();
 
   // Makes every block pending now free once the device has finished the work issued before
   // (a device synchronisation). Returns false if it could not (capture active, driver error).
@@ -85,7 +105,8 @@ class DevicePool {
   // Fences as needed and returns wholly free segments, oldest first, until idle <= keep_idle or
   // nothing more can go. Returns the bytes returned to the driver.
   std::uint64_t release_idle(std::uint64_t keep_idle, ReleaseReason reason);
-  // Forgets every segment without returning any (the driver already freed them: cudaDeviceReset).
+  // Device reset: forgets every block. Segments are not returned (the reset frees them); pages
+  // and ranges are (a reset does not free them), after a device synchronisation.
   void drop_all();
 
   // Free and total bytes of the whole device (a driver call).
@@ -105,8 +126,8 @@ class DevicePool {
   void set_policy(const Policy& policy);
   // Cheap reads for the release thread.
   std::uint64_t activity() const { return activity_.load(std::memory_order_relaxed); }
-  // Bytes a release could return without waiting for any further free (whole free segments plus
-  // pending blocks that a fence would free).
+  // Bytes a release could return without waiting for any further free (whole free segments, or
+  // whole free pages, plus pending blocks that a fence would free).
   std::uint64_t releasable_hint() const;
   // The release thread lowers the wake-up threshold back after releasing; see free().
   void set_wake_threshold(std::uint64_t idle_bytes) {
@@ -124,38 +145,73 @@ class DevicePool {
     Block* pending_next = nullptr;
     Block* free_prev = nullptr;  // neighbours in a FreeIndex bin
     Block* free_next = nullptr;
+    Block* idle_prev = nullptr;  // (pages) neighbours in the list of free blocks holding whole
+    Block* idle_next = nullptr;  // pages, while in_idle_list
     std::uint64_t pending_seq = 0;
-    enum class State : std::uint8_t { kFree, kInUse, kPending } state = State::kFree;
+    enum class State : std::uint8_t { kFree, kInUse, kPending, kHole } state = State::kFree;
+    bool in_idle_list = false;
   };
   struct Segment {
     std::uintptr_t base = 0;
     std::size_t size = 0;
     PoolKind kind = PoolKind::kSmall;
-    Block* first = nullptr;  // the block at base
-    std::size_t busy = 0;    // in-use + pending bytes
-    std::uint64_t seq = 0;   // creation order, for oldest-first release
+    Block* first = nullptr;         // the block at base
+    std::size_t busy = 0;           // in-use + pending bytes
+    std::uint64_t seq = 0;          // creation order, for oldest-first release
+    std::vector<PageHandle> pages;  // (pages) the page mapped at each page of the range, or 0
+  };
+  // A page taken out of a range, to unmap and release or to map elsewhere.
+  struct PageAt {
+    std::uintptr_t addr = 0;  // where it is mapped (0: unmapped)
+    PageHandle handle = 0;
   };
 
   Block* take_free_block(PoolKind kind, std::size_t rounded);
   Block* carve(Block* b, std::size_t rounded);
   void make_free(Block* b);
+  Block* merge_free(Block* b);
+  Block* split(Block* b, std::size_t head_size);
+  void index_free(Block* b);
+  void unindex_free(Block* b);
+  void unlink_idle(Block* b);
   Block* new_block();
   void recycle_block(Block* b);
   const Segment* segment_containing(std::uintptr_t addr) const;
+  Block* block_at(std::uintptr_t addr);  // the block of a range containing addr (slow: a walk)
   Status allocate_slow(PoolKind kind, std::size_t rounded, void** ptr);
   Status grow(PoolKind kind, std::size_t segment_size, std::size_t rounded, void** ptr,
               bool* over_limit);
   // What the driver holds for this pool, is handing over or has not yet taken back (mutex_ held).
   std::uint64_t committed_bytes() const { return stats_.held + growing_bytes_ + releasing_bytes_; }
-  bool fence_with_permit();
+  bool fence_with_permit(bool for_unmap = false);
   std::uint64_t release_with_permit(std::uint64_t keep_idle, ReleaseReason reason);
   void note_peaks();
   FreeIndex<Block>& free_index(PoolKind kind) { return free_[static_cast<int>(kind)]; }
+
+  // ---- pages (docs/pages.md); release_mutex_ held unless noted ----
+  std::size_t whole_pages(const Block* b) const;  // bytes of the pages wholly inside b
+  Status allocate_slow_pages(PoolKind kind, std::size_t rounded, void** ptr);
+  // Unmaps up to `want` idle pages (spare ones first) and appends them to *out, unmapped.
+  void steal_pages(std::size_t want, std::vector<PageHandle>* out);
+  // Takes pages out of free blocks, oldest-freed first, until `want` are taken or none is left
+  // (mutex_ held): the pages become holes; the caller unmaps them.
+  void take_idle_pages(std::size_t want, std::vector<PageAt>* out);
+  // Unmaps taken pages; a page that cannot be unmapped goes back into its range (mutex_ free).
+  void unmap_taken(std::vector<PageAt>* taken);
+  Status create_pages(std::size_t count, std::vector<PageHandle>* out, bool* over_limit);
+  // Maps `pages` into a hole of a `kind` range (reserving a range if none fits) as one free run.
+  Status map_pages(PoolKind kind, std::vector<PageHandle>* pages);
+  Block* punch_hole(Block* b, std::uintptr_t lo, std::uintptr_t hi, std::vector<PageAt>* out);
+  Block* add_hole(Block* b);  // marks b a hole and coalesces it with hole neighbours
+  void fill_hole(Block* hole, std::uintptr_t addr, const PageHandle* pages, std::size_t count);
+  std::uint64_t release_pages_with_permit(std::uint64_t keep_idle, ReleaseReason reason);
+  void forget_all();  // metadata only (mutex_ held)
 
   const int device_;
   Backend& backend_;
   SyncGate& gate_;
   PoolObserver* observer_;
+  const std::size_t page_size_;  // 0: segments
 
   mutable PoolMutex mutex_;  // adaptive: spins briefly before sleeping (pool_mutex.h)
   std::mutex release_mutex_;
@@ -164,6 +220,7 @@ class DevicePool {
   PtrMap<Block> live_;
   FreeIndex<Block> free_[kPoolKinds] = {FreeIndex<Block>(kSmallSegment),
                                         FreeIndex<Block>(kMediumSegment), FreeIndex<Block>(0)};
+  FreeIndex<Block> holes_[kPoolKinds];  // (pages) unmapped runs by size, per kind of range
   Block* pending_head_ = nullptr;
   Block* pending_tail_ = nullptr;
   std::uint64_t pending_seq_ = 0;
@@ -173,6 +230,12 @@ class DevicePool {
   std::uint64_t releasing_bytes_ = 0;     // segments being returned right now (limit accounting)
   std::uint64_t generation_ = 0;          // bumped by drop_all()
   Block* spare_blocks_ = nullptr;         // recycled Block objects, linked through `next`
+  // Pages.
+  std::uint64_t idle_page_bytes_ = 0;  // whole pages inside free blocks
+  Block* idle_head_ = nullptr;         // free blocks holding whole pages, oldest first
+  Block* idle_tail_ = nullptr;
+  std::vector<PageHandle> spare_pages_;  // owned, mapped nowhere
+  bool unfenced_frees_ = false;          // a block became free without a fence since the last one
   PoolStats stats_;
 
   std::atomic<std::uint64_t> activity_{0};

@@ -15,6 +15,10 @@
 //   free        reusable at once; free neighbours in a segment are coalesced.
 //   held        bytes of all segments = what the driver has given this pool.
 //   idle        held - in use (free + pending): what a release could eventually return.
+//   page        (devices with virtual memory management) one physical allocation of the
+//               device's granularity, mapped into an address range the pool reserved (a range
+//               plays the part of a segment). Held is then the bytes of the pages the pool owns;
+//               addresses of a range that no block needs are unmapped holes (docs/pages.md).
 #pragma once
 
 #include <cstddef>
@@ -38,6 +42,10 @@ enum class Status : std::uint8_t {
 
 enum class ReuseMode : std::uint8_t { kFence, kImmediate };
 
+// CUDAPOOL_VMM: pages where the device supports them (auto), always (on: segments, with one
+// warning, where it cannot), or never (off).
+enum class VmmMode : std::uint8_t { kAuto, kOn, kOff };
+
 // Why memory went back to the driver; also labels release events.
 enum class ReleaseReason : std::uint8_t {
   kWatermark,
@@ -57,6 +65,7 @@ struct Policy {
   std::uint64_t min_device_free = 0;      // 0 = off
   std::uint64_t limit = 0;                // 0 = none
   ReuseMode reuse = ReuseMode::kFence;
+  VmmMode vmm = VmmMode::kAuto;  // read when the pool is built; later changes have no effect
 };
 
 // Counters of one device's pool. A snapshot; all byte figures are exact.
@@ -81,6 +90,17 @@ struct PoolStats {
   std::uint64_t limit_hits = 0;      // requests that ran into the limit
   std::uint64_t invalid_frees = 0;   // double or interior frees refused
   std::uint64_t releases_by_reason[6] = {};
+  // Pages (all 0 when the pool uses segments). held == pages * page_size.
+  std::uint64_t page_size = 0;
+  std::uint64_t pages = 0;              // physical pages the pool owns
+  std::uint64_t pages_mapped_idle = 0;  // mapped pages wholly inside free blocks
+  std::uint64_t pages_unmapped = 0;     // owned pages mapped nowhere (between a steal and a map)
+  std::uint64_t page_creates = 0;       // driver calls, each kind on its own
+  std::uint64_t page_releases = 0;
+  std::uint64_t page_maps = 0;
+  std::uint64_t page_unmaps = 0;
+  std::uint64_t page_remaps = 0;   // idle pages unmapped from a free run and mapped elsewhere
+  std::uint64_t reservations = 0;  // address ranges reserved
 
   std::uint64_t idle() const { return held - in_use; }
 };
