@@ -53,6 +53,8 @@ constexpr std::string_view accepted_forms(OptionType type) {
       return "milliseconds (30000), or with a unit (500ms, 30s)";
     case OptionType::kReuse:
       return "fence, immediate";
+    case OptionType::kVmm:
+      return "auto, on, off";
     case OptionType::kLogLevel:
       return "trace, debug, info, warn, error, off";
     case OptionType::kString:
@@ -77,6 +79,9 @@ bool parse_value(std::string_view text, std::chrono::milliseconds* out, std::str
 bool parse_value(std::string_view text, ReuseMode* out, std::string* error) {
   return parse_reuse_mode(text, out, error);
 }
+bool parse_value(std::string_view text, VmmMode* out, std::string* error) {
+  return parse_vmm_mode(text, out, error);
+}
 bool parse_value(std::string_view text, LogLevel* out, std::string* error) {
   return parse_log_level(text, out, error);
 }
@@ -98,6 +103,9 @@ std::string format_value(std::chrono::milliseconds value) {
   return format_duration_ms(value);
 }
 std::string format_value(ReuseMode value) {
+  return std::string(to_string(value));
+}
+std::string format_value(VmmMode value) {
   return std::string(to_string(value));
 }
 std::string format_value(LogLevel value) {
@@ -221,6 +229,26 @@ bool parse_reuse_mode(std::string_view text, ReuseMode* out, std::string* error)
     if (equals_ignore_case(text, to_string(mode))) return *out = mode, true;
   }
   return fail(error, "not a reuse mode");
+}
+
+std::string_view to_string(VmmMode mode) {
+  switch (mode) {
+    case VmmMode::kOn:
+      return "on";
+    case VmmMode::kOff:
+      return "off";
+    case VmmMode::kAuto:
+      break;
+  }
+  return "auto";
+}
+
+bool parse_vmm_mode(std::string_view text, VmmMode* out, std::string* error) {
+  text = trim(text);
+  for (VmmMode mode : {VmmMode::kAuto, VmmMode::kOn, VmmMode::kOff}) {
+    if (equals_ignore_case(text, to_string(mode))) return *out = mode, true;
+  }
+  return fail(error, "not a VMM mode");
 }
 
 std::string_view to_string(LogLevel level) {

@@ -28,7 +28,7 @@
 #include <string_view>
 #include <vector>
 
-#include "allocator/types.h"  // ReuseMode: the pool's own type (header only, no CUDA)
+#include "allocator/types.h"  // ReuseMode, VmmMode: the pool's own types (header only, no CUDA)
 #include "control/size.h"
 
 // X(NAME, field, Type, "default", runtime, "doc")   -- the one table; keep the docs one line.
@@ -38,7 +38,7 @@
     "Pass every call straight through to the CUDA runtime; the pool is never used.")              \
   X(HIGH_WATERMARK, high_watermark, Size, "4GiB", true,                                            \
     "When a device's idle bytes (held from the driver but not in use) exceed this, release idle "  \
-    "segments down to LOW_WATERMARK. Size or % of device memory.")                                 \
+    "memory down to LOW_WATERMARK. Size or % of device memory.")                                 \
   X(LOW_WATERMARK, low_watermark, Size, "1GiB", true,                                              \
     "Idle bytes a device keeps after a release by HIGH_WATERMARK or IDLE_RELEASE_MS; at most "     \
     "HIGH_WATERMARK. Size or % of device memory.")                                                 \
@@ -46,7 +46,7 @@
     "After this many milliseconds with no allocation on a device, release its idle bytes down "    \
     "to LOW_WATERMARK; 0 turns the timer off.")                                                    \
   X(MIN_DEVICE_FREE, min_device_free, Size, "0", true,                                             \
-    "While the device's free memory (all processes) is below this, release idle segments until "   \
+    "While the device's free memory (all processes) is below this, release idle memory until "     \
     "it is back above it or nothing idle is left; 0 turns the rule off.")                          \
   X(LIMIT, limit, Size, "0", true,                                                                 \
     "Most bytes this process may hold per device; a request beyond it first releases idle "        \
@@ -54,6 +54,9 @@
   X(REUSE, reuse, Reuse, "fence", true,                                                            \
     "fence: reuse a freed block only once the device has finished the work issued before the "     \
     "free; immediate: reuse it at once (only for programs that use a single stream).")             \
+  X(VMM, vmm, Vmm, "auto", false,                                                                  \
+    "Back blocks with 2 MiB physical pages (CUDA virtual memory) so held follows in use: auto "    \
+    "(where the device supports it), on (warn where not), off (whole segments; for CUDA IPC).")    \
   X(LOG_LEVEL, log_level, LogLevel, "info", true,                                                  \
     "Least severe messages logged: trace, debug, info (the start-up line and rare events), "       \
     "warn, error or off.")                                                                         \
@@ -83,7 +86,7 @@ namespace cudapool {
 
 inline constexpr std::string_view kEnvPrefix = "CUDAPOOL_";
 
-enum class OptionType { kBool, kSize, kDuration, kReuse, kLogLevel, kString, kBacktrace };
+enum class OptionType { kBool, kSize, kDuration, kReuse, kVmm, kLogLevel, kString, kBacktrace };
 
 // BACKTRACE: off, on (every block) or on for blocks of at least min_size bytes.
 struct BacktraceMode {
@@ -113,6 +116,10 @@ struct OptionValueOf<OptionType::kDuration> {
 template <>
 struct OptionValueOf<OptionType::kReuse> {
   using type = ReuseMode;
+};
+template <>
+struct OptionValueOf<OptionType::kVmm> {
+  using type = VmmMode;
 };
 template <>
 struct OptionValueOf<OptionType::kLogLevel> {
@@ -159,10 +166,12 @@ Options default_options();
 bool parse_bool(std::string_view text, bool* out,
                 std::string* error);  // 1/0 true/false yes/no on/off
 bool parse_reuse_mode(std::string_view text, ReuseMode* out, std::string* error);
+bool parse_vmm_mode(std::string_view text, VmmMode* out, std::string* error);  // auto, on, off
 bool parse_log_level(std::string_view text, LogLevel* out, std::string* error);
 bool parse_backtrace_mode(std::string_view text, BacktraceMode* out,
                           std::string* error);  // off/on/0/1/..., or a size
 std::string_view to_string(ReuseMode mode);
+std::string_view to_string(VmmMode mode);
 std::string_view to_string(LogLevel level);
 
 // Returns the value of an environment variable or null (getenv's contract).

@@ -74,7 +74,7 @@ std::string segment_map(const SnapshotSegment& segment, std::size_t width) {
   for (std::size_t cell = 0; cell < width; ++cell) {
     const std::uint64_t lo = segment.size * cell / width;
     const std::uint64_t hi = segment.size * (cell + 1) / width;
-    std::uint64_t in_use = 0, pending = 0, free = 0;
+    std::uint64_t in_use = 0, pending = 0, free = 0, unmapped = 0;
     while (r < segment.ranges.size() && segment.ranges[r].offset + segment.ranges[r].size <= lo)
       ++r;
     for (std::size_t k = r; k < segment.ranges.size() && segment.ranges[k].offset < hi; ++k) {
@@ -85,12 +85,15 @@ std::string segment_map(const SnapshotSegment& segment, std::size_t width) {
       if (range.state == '#') in_use += b - a;
       if (range.state == 'p') pending += b - a;
       if (range.state == '.') free += b - a;
+      if (range.state == '_') unmapped += b - a;
     }
     // Any in-use byte shows: a small live block must not vanish from the picture.
     if (in_use > 0 && in_use >= free / 64) {
       map[cell] = '#';
     } else if (pending >= free && pending > 0) {
       map[cell] = 'p';
+    } else if (unmapped > free) {
+      map[cell] = '_';
     } else {
       map[cell] = '.';
     }
@@ -128,9 +131,16 @@ std::string format_snapshot_text(const Snapshot& s, std::size_t top, std::size_t
     out += "\ndevice " + std::to_string(d.device) + ": held " + short_size(st.held) + ", in use " +
            short_size(st.in_use) + ", idle " + short_size(st.idle()) + " (free " +
            short_size(st.idle() - std::min(st.idle(), st.pending)) + ", pending " +
-           short_size(st.pending) + "), " + std::to_string(d.segments.size()) + " segments\n";
+           short_size(st.pending) + "), " + std::to_string(d.segments.size()) +
+           (st.page_size != 0 ? " address ranges" : " segments");
+    if (st.page_size != 0)
+      out += ", " + std::to_string(st.pages) + " pages of " + short_size(st.page_size) + " (" +
+             std::to_string(st.pages_mapped_idle) + " mapped idle, " +
+             std::to_string(st.pages_unmapped) + " unmapped)";
+    out += "\n";
     if (d.segments.empty()) continue;
-    out += "  map: # in use, . free (idle), p pending (freed, waiting for a fence)\n";
+    out += "  map: # in use, . free (idle), p pending (freed, waiting for a fence)";
+    out += st.page_size != 0 ? ", _ no pages mapped\n" : "\n";
     std::size_t shown = 0;
     for (const SnapshotSegment& seg : d.segments) {
       if (shown == max_segments) {
@@ -144,10 +154,14 @@ std::string format_snapshot_text(const Snapshot& s, std::size_t top, std::size_t
       ++shown;
       const SegmentTotals t = totals_of(seg);
       char line[256];
-      std::snprintf(line, sizeof line, "  %-14s %10s %-6s [%s] in use %s\n", hex(seg.base).c_str(),
+      std::snprintf(line, sizeof line, "  %-14s %10s %-6s [%s] in use %s", hex(seg.base).c_str(),
                     short_size(seg.size).c_str(), seg.kind.c_str(), segment_map(seg, 48).c_str(),
                     short_size(t.in_use).c_str());
       out += line;
+      if (st.page_size != 0)
+        out += ", pages " + std::to_string(seg.pages_in_use) + " in use + " +
+               std::to_string(seg.pages_idle) + " idle";
+      out += "\n";
     }
   }
   return out;
@@ -181,7 +195,9 @@ std::string format_snapshot_json(const Snapshot& s, std::size_t top) {
     out += "{\"device\":" + std::to_string(d.device) + ",\"held\":" + std::to_string(d.stats.held) +
            ",\"in_use\":" + std::to_string(d.stats.in_use) +
            ",\"idle\":" + std::to_string(d.stats.idle()) +
-           ",\"pending\":" + std::to_string(d.stats.pending) + ",\"segments\":[";
+           ",\"pending\":" + std::to_string(d.stats.pending) +
+           ",\"page_size\":" + std::to_string(d.stats.page_size) +
+           ",\"pages\":" + std::to_string(d.stats.pages) + ",\"segments\":[";
     for (std::size_t k = 0; k < d.segments.size(); ++k) {
       const SnapshotSegment& seg = d.segments[k];
       const SegmentTotals t = totals_of(seg);
@@ -189,7 +205,13 @@ std::string format_snapshot_json(const Snapshot& s, std::size_t top) {
       out += "{\"base\":\"" + hex(seg.base) + "\",\"size\":" + std::to_string(seg.size) +
              ",\"kind\":\"" + seg.kind + "\",\"in_use\":" + std::to_string(t.in_use) +
              ",\"free\":" + std::to_string(t.free) + ",\"pending\":" + std::to_string(t.pending) +
-             ",\"map\":\"" + segment_map(seg, 64) + "\",\"ranges\":[";
+             ",\"map\":\"" + segment_map(seg, 64) + "\"";
+      if (d.stats.page_size != 0)
+        out += ",\"pages_in_use\":" + std::to_string(seg.pages_in_use) +
+               ",\"pages_idle\":" + std::to_string(seg.pages_idle) +
+               ",\"pages_unmapped\":" +
+               std::to_string(seg.size / d.stats.page_size - seg.pages_in_use - seg.pages_idle);
+      out += ",\"ranges\":[";
       for (std::size_t r = 0; r < seg.ranges.size(); ++r) {
         if (r > 0) out += ',';
         out += "[" + std::to_string(seg.ranges[r].offset) + "," +

@@ -24,7 +24,8 @@ struct SnapshotGroup {
 struct SnapshotRange {
   std::uint64_t offset = 0;  // from the segment's base
   std::uint64_t size = 0;
-  char state = '.';  // '#' in use, '.' free (idle), 'p' pending (freed, waiting for a fence)
+  // '#' in use, '.' free (idle), 'p' pending (freed, waiting for a fence), '_' unmapped (pages)
+  char state = '.';
 };
 
 struct SnapshotSegment {
@@ -32,6 +33,10 @@ struct SnapshotSegment {
   std::uint64_t size = 0;
   std::string kind;                   // small, medium, large
   std::vector<SnapshotRange> ranges;  // in address order, tiling the segment
+  // With pages (DeviceStats::page_size != 0) the segment is an address range: its mapped pages
+  // that live or pending blocks touch, its mapped pages wholly free; the rest are unmapped.
+  std::uint64_t pages_in_use = 0;
+  std::uint64_t pages_idle = 0;
 };
 
 struct SnapshotDevice {

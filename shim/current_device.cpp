@@ -1,17 +1,14 @@
 #include "shim/current_device.h"
 
-#include <dlfcn.h>
+#include "shim/driver_api.h"
 
 namespace cudapool {
 
 void CurrentDevice::bind_driver() {
   if (ctx_get_device_.load(std::memory_order_relaxed) != nullptr) return;
-  // RTLD_NOLOAD: only the driver the runtime itself loaded (it dlopens libcuda.so.1 at its start);
-  // the handle keeps it loaded for the process's life.
-  void* driver = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD);
-  if (driver == nullptr) return;
-  auto fn = reinterpret_cast<int (*)(int*)>(dlsym(driver, "cuCtxGetDevice"));
-  if (fn != nullptr) ctx_get_device_.store(fn, std::memory_order_release);
+  const DriverApi* driver = bind_driver_api();
+  if (driver != nullptr && driver->cuCtxGetDevice != nullptr)
+    ctx_get_device_.store(driver->cuCtxGetDevice, std::memory_order_release);
 }
 
 bool CurrentDevice::learn(int handle, int* ordinal) {

@@ -16,6 +16,8 @@
 #include <atomic>
 #include <mutex>
 
+#include <cuda.h>
+
 #include "shim/real_runtime.h"
 
 namespace cudapool {
@@ -24,8 +26,8 @@ class CurrentDevice {
  public:
   explicit CurrentDevice(const RealRuntime& rt) : rt_(rt) {}
 
-  // Finds cuCtxGetDevice in libcuda.so.1 if the runtime has loaded it; a dlopen, so only off the
-  // hot path (pool creation, which runs after the runtime has started).
+  // Finds cuCtxGetDevice in libcuda.so.1 if the runtime has loaded it (driver_api.h); a dlopen,
+  // so only off the hot path (pool creation, which runs after the runtime has started).
   void bind_driver();
 
   bool get(int* device) {
@@ -63,7 +65,7 @@ class CurrentDevice {
   bool learn(int handle, int* ordinal);
 
   const RealRuntime& rt_;
-  std::atomic<int (*)(int*)> ctx_get_device_{nullptr};
+  std::atomic<CUresult (*)(CUdevice*)> ctx_get_device_{nullptr};
   std::mutex learn_mutex_;
   Slot slots_[kSlots];
 };

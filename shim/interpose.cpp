@@ -103,6 +103,25 @@ CUDAPOOL_EXPORT cudaError_t cudaIpcGetMemHandle(cudaIpcMemHandle_t* handle, void
       [&] { return rt->cudaIpcGetMemHandle(handle, devPtr); });
 }
 
+// Peer access does not cover the pool's mapped pages: the pool grants it (DESIGN §4.9, pages).
+CUDAPOOL_EXPORT cudaError_t cudaDeviceEnablePeerAccess(int peerDevice, unsigned int flags) {
+  const RealRuntime* rt = real_runtime();
+  if (rt == nullptr) return cudapool::no_runtime();
+  if (rt->cudaDeviceEnablePeerAccess == nullptr) return cudaErrorNotSupported;
+  return dispatch(
+      *rt, [&](Shim& s) { return s.enable_peer_access(peerDevice, flags); },
+      [&] { return rt->cudaDeviceEnablePeerAccess(peerDevice, flags); });
+}
+
+CUDAPOOL_EXPORT cudaError_t cudaDeviceDisablePeerAccess(int peerDevice) {
+  const RealRuntime* rt = real_runtime();
+  if (rt == nullptr) return cudapool::no_runtime();
+  if (rt->cudaDeviceDisablePeerAccess == nullptr) return cudaErrorNotSupported;
+  return dispatch(
+      *rt, [&](Shim& s) { return s.disable_peer_access(peerDevice); },
+      [&] { return rt->cudaDeviceDisablePeerAccess(peerDevice); });
+}
+
 // ---- stream capture: only to know when one is active (DESIGN §4.6) ----------------------------
 // The _ptsz variants are what programs built with per-thread default streams call; their stream
 // 0 is the calling thread's default stream.

@@ -135,10 +135,13 @@ bool Shim::snapshot(Snapshot* out, std::string* error) {
       s.base = seg.base;
       s.size = seg.size;
       s.kind = kind_name(seg.kind);
+      s.pages_in_use = seg.pages_in_use;
+      s.pages_idle = seg.pages_idle;
       for (const SegmentView::BlockView& b : seg.blocks) {
         char state = '.';
         if (b.state == SegmentView::BlockState::kInUse) state = '#';
         if (b.state == SegmentView::BlockState::kPending) state = 'p';
+        if (b.state == SegmentView::BlockState::kHole) state = '_';
         s.ranges.push_back({b.addr - seg.base, b.size, state});
         if (state != '#') continue;
         std::uint32_t stack = 0;

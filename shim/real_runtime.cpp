@@ -38,6 +38,8 @@ void bind_all(void* handle, RealRuntime* rt) {
   bind(handle, "cudaGetDeviceCount", rt->cudaGetDeviceCount);
   bind(handle, "cudaDeviceSynchronize", rt->cudaDeviceSynchronize);
   bind(handle, "cudaGetLastError", rt->cudaGetLastError);
+  bind(handle, "cudaDeviceEnablePeerAccess", rt->cudaDeviceEnablePeerAccess);
+  bind(handle, "cudaDeviceDisablePeerAccess", rt->cudaDeviceDisablePeerAccess);
 }
 
 // Stand-ins for the functions a partial runtime lacks (DESIGN §4.1: pass through, never crash).

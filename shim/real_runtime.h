@@ -37,6 +37,9 @@ struct RealRuntime {
   cudaError_t (*cudaGetDeviceCount)(int*) = nullptr;
   cudaError_t (*cudaDeviceSynchronize)() = nullptr;
   cudaError_t (*cudaGetLastError)() = nullptr;
+  // Optional: peer access reaches mapped memory only through the pool (pages).
+  cudaError_t (*cudaDeviceEnablePeerAccess)(int, unsigned int) = nullptr;
+  cudaError_t (*cudaDeviceDisablePeerAccess)(int) = nullptr;
 
   // A runtime was found but lacks a function the pool needs (named here): the missing ones answer
   // cudaErrorInsufficientDriver, every call goes to the runtime as is and the pool stays off.

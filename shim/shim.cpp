@@ -164,15 +164,22 @@ DevicePool* Shim::create_pool(int device) {
   std::uint64_t free = 0, total = 0;
   if (backend_.device_memory(device, &free, &total) != Status::kOk) return nullptr;
   current_device_.bind_driver();  // the runtime has started: it has loaded the driver
-  auto* p = new DevicePool(device, backend_, gate_, policy_for(total), observer_.get());
+  Policy policy = policy_for(total);
+  auto* p = new DevicePool(device, backend_, gate_, policy, observer_.get());
+  if (policy.vmm == VmmMode::kOn && !p->uses_pages())
+    log_warn(
+        "device {}: CUDAPOOL_VMM=on, but the device or its driver has no virtual memory "
+        "management; the pool uses whole segments",
+        device);
   device_totals_[device] = total;
   pools_[device].store(p, std::memory_order_release);
   pool_slots_.store(std::max(pool_slots_.load(std::memory_order_relaxed), device + 1),
                     std::memory_order_release);
   releaser_.add_pool(p);
   releaser_.start();
-  log_debug("device {}: pool ready ({} total, {} free)", device, format_size(total),
-            format_size(free));
+  log_debug("device {}: pool ready ({} total, {} free; {})", device, format_size(total),
+            format_size(free),
+            p->uses_pages() ? "pages of " + format_size(p->stats().page_size) : "segments");
   return p;
 }
 
@@ -186,6 +193,7 @@ Policy Shim::policy_for(std::uint64_t device_total) const {
   p.min_device_free = limits.min_device_free;
   p.limit = limits.limit;
   p.reuse = options_.reuse;
+  p.vmm = options_.vmm;
   return p;
 }
 
@@ -291,6 +299,15 @@ cudaError_t Shim::ipc_get_mem_handle(cudaIpcMemHandle_t* handle, void* ptr) {
     Status st = pool->check_ipc_base(ptr);
     if (st == Status::kNotOwned) continue;
     if (st == Status::kOk) break;
+    if (pool->uses_pages()) {
+      log_warn_ratelimited(
+          "ipc",
+          "cudaIpcGetMemHandle({}): the block lives on the pool's virtual-memory "
+          "pages, which CUDA IPC cannot export; refused. Run with CUDAPOOL_VMM=off "
+          "to share CUDA memory between processes",
+          ptr);
+      return cudaErrorInvalidValue;
+    }
     log_warn_ratelimited("ipc",
                          "cudaIpcGetMemHandle({}): the block is part of a larger pooled segment, "
                          "so a handle would map other bytes; refused. Blocks above 10 MiB are "
@@ -299,6 +316,33 @@ cudaError_t Shim::ipc_get_mem_handle(cudaIpcMemHandle_t* handle, void* ptr) {
     return cudaErrorInvalidValue;
   }
   return rt_.cudaIpcGetMemHandle(handle, ptr);
+}
+
+cudaError_t Shim::enable_peer_access(int peer, unsigned int flags) {
+  cudaError_t err = rt_.cudaDeviceEnablePeerAccess(peer, flags);
+  int current = 0;
+  if ((err != cudaSuccess && err != cudaErrorPeerAccessAlreadyEnabled) ||
+      rt_.cudaGetDevice(&current) != cudaSuccess)
+    return err;
+  backend_.grant_peer(peer, current);  // for the pages mapped from now on
+  if (DevicePool* pool = existing_pool(peer); pool != nullptr && pool->uses_pages()) {
+    if (pool->refresh_access() != Status::kOk)  // and for those mapped already
+      log_warn("device {}: could not grant device {} access to the pool's pages", peer, current);
+  }
+  return err;
+}
+
+cudaError_t Shim::disable_peer_access(int peer) {
+  cudaError_t err = rt_.cudaDeviceDisablePeerAccess(peer);
+  int current = 0;
+  if (err != cudaSuccess || rt_.cudaGetDevice(&current) != cudaSuccess) return err;
+  backend_.revoke_peer(peer, current);
+  if (DevicePool* pool = existing_pool(peer); pool != nullptr && pool->uses_pages()) {
+    if (pool->refresh_access() != Status::kOk)
+      log_warn("device {}: could not revoke device {}'s access to the pool's pages", peer, current);
+  }
+  backend_.revocations_applied(peer);
+  return err;
 }
 
 void Shim::capture_ended(cudaStream_t stream) {

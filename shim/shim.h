@@ -43,6 +43,9 @@ class Shim final : public ControlTarget {
   cudaError_t mem_get_info(size_t* free, size_t* total);
   cudaError_t device_reset();
   cudaError_t ipc_get_mem_handle(cudaIpcMemHandle_t* handle, void* ptr);
+  // Peer access: the pool grants (or revokes) the current device's access to `peer`'s pages.
+  cudaError_t enable_peer_access(int peer, unsigned int flags);
+  cudaError_t disable_peer_access(int peer);
 
   // Stream capture: the pool must neither synchronise nor release while one is active.
   template <typename Begin>

@@ -262,9 +262,10 @@ void write_plot(const Trace& trace, const TraceReport& rep, const std::string& d
     }
     c.series.push_back(std::move(s));
   };
-  series(rep.sim[1], "pool without release (a framework cache): held", true, "#9467bd", true);
+  series(rep.sim[2], "pool without release (a framework cache): held", true, "#9467bd", true);
+  series(rep.sim[1], "cudapool on whole segments: held", true, "#ff7f0e", true);
   series(rep.sim[0], "cudapool: held", true, "#d62728", false);
-  series(rep.sim[2], "no pool: held (= in use)", true, "#1f77b4", false);
+  series(rep.sim[3], "no pool: held (= in use)", true, "#1f77b4", false);
   std::size_t shown = 0;
   for (const auto& rel : rep.sim[0].releases) {
     if (++shown > 200) break;
@@ -289,7 +290,7 @@ int check_reports(const std::vector<TraceReport>& reports) {
   };
   for (const TraceReport& rep : reports) {
     const SimResult& pool = rep.sim[0];
-    const SimResult& pass = rep.sim[2];
+    const SimResult& pass = rep.sim[3];
     expect(pass.driver_calls() == pass.app_calls,
            rep.name + ": simulated pass-through calls the driver for every call");
     expect(pool.held_after_trim <= pool.held_end && pool.held_after_trim <= pool.peak_in_use,
@@ -392,7 +393,8 @@ int replay_main(const Args& in) {
     rep.name = trace.name;
     rep.events = trace.events.size();
     rep.seconds = static_cast<double>(trace.end_us) / 1e6;
-    for (SimMode m : {SimMode::kPool, SimMode::kCache, SimMode::kPassThrough})
+    for (SimMode m :
+         {SimMode::kPool, SimMode::kPoolSegments, SimMode::kCache, SimMode::kPassThrough})
       rep.sim.push_back(replay_simulated(trace, m, policy, !svg_dir.empty()));
     for (const SimResult& r : rep.sim)
       if (r.failures != 0) {
@@ -456,13 +458,16 @@ int replay_main(const Args& in) {
         const SimResult& r = rep.sim[k];
         printf(
             "%s\n      {\"mode\": \"%s\", \"app_calls\": %llu, \"driver_mallocs\": %llu, "
-            "\"driver_frees\": %llu, \"fences\": %llu, \"peak_held\": %llu, "
+            "\"driver_frees\": %llu, \"page_maps\": %llu, \"page_unmaps\": %llu, "
+            "\"fences\": %llu, \"peak_held\": %llu, "
             "\"peak_in_use\": %llu, \"after_burst_held\": %llu, \"after_burst_in_use\": %llu, "
             "\"held_end\": %llu, \"held_after_trim\": %llu, \"replay_ms\": %.3f, "
             "\"failures\": %llu}",
             k ? "," : "", to_string(r.mode), static_cast<unsigned long long>(r.app_calls),
             static_cast<unsigned long long>(r.driver_mallocs),
             static_cast<unsigned long long>(r.driver_frees),
+            static_cast<unsigned long long>(r.page_maps),
+            static_cast<unsigned long long>(r.page_unmaps),
             static_cast<unsigned long long>(r.fences), static_cast<unsigned long long>(r.peak_held),
             static_cast<unsigned long long>(r.peak_in_use),
             static_cast<unsigned long long>(mark_held(r, "after-burst")),
@@ -503,14 +508,18 @@ int replay_main(const Args& in) {
     printf("\n%s: %llu events over %.1f s of trace time%s%s\n", rep.name.c_str(),
            static_cast<unsigned long long>(rep.events), rep.seconds,
            rep.svg.empty() ? "" : ", plot ", rep.svg.c_str());
-    Table t({"replay", "app calls", "driver calls", "fences", "peak held", "peak in use",
-             "held/in use", "after burst", "after idle", "after trim", "replay ms"});
+    Table t({"replay", "app calls", "driver calls", "maps/unmaps", "fences", "peak held",
+             "peak in use", "held/in use", "after burst", "after idle", "after trim", "replay ms"});
     for (const SimResult& r : rep.sim) {
       std::uint64_t ab = mark_held(r, "after-burst");
       t.add({std::string("simulated ") + to_string(r.mode), std::to_string(r.app_calls),
              format("%llu (%s)", static_cast<unsigned long long>(r.driver_calls()),
                     pct(static_cast<double>(r.driver_calls()), static_cast<double>(r.app_calls))
                         .c_str()),
+             r.page_maps + r.page_unmaps != 0
+                 ? format("%llu/%llu", static_cast<unsigned long long>(r.page_maps),
+                          static_cast<unsigned long long>(r.page_unmaps))
+                 : "-",
              std::to_string(r.fences), human_bytes(static_cast<double>(r.peak_held)),
              human_bytes(static_cast<double>(r.peak_in_use)),
              r.peak_in_use ? format("%.3f", static_cast<double>(r.peak_held) /
@@ -527,6 +536,7 @@ int replay_main(const Args& in) {
       double ab = row_number(r, "mark_after-burst_held");
       t.add({"runtime " + r.at("mode"), format("%.0f", app),
              dm >= 0 ? format("%.0f (%s)", dm + df, pct(dm + df, app).c_str()) : "-",
+             r.count("maps") ? r.at("maps") + "/" + r.at("unmaps") : "-",
              r.count("syncs") ? r.at("syncs") : "-", human_bytes(ph), human_bytes(pu),
              pu > 0 ? format("%.3f", ph / pu) : "-", ab >= 0 ? human_bytes(ab) : "-",
              human_bytes(row_number(r, "held_end")), human_bytes(row_number(r, "held_after_trim")),

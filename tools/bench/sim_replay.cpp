@@ -17,6 +17,8 @@ const char* to_string(SimMode mode) {
   switch (mode) {
     case SimMode::kPool:
       return "cudapool";
+    case SimMode::kPoolSegments:
+      return "cudapool, segments";
     case SimMode::kCache:
       return "pool, no release";
     case SimMode::kPassThrough:
@@ -28,6 +30,7 @@ const char* to_string(SimMode mode) {
 namespace {
 
 constexpr std::uint64_t kCapacity = std::uint64_t{1} << 40;  // the simulated device: 1 TiB
+constexpr std::size_t kPageSize = 2 * kMiB;  // with VMM, as the pool runs by default on GPUs
 constexpr std::uint64_t kTickUs = Releaser::kTickMs * 1000;
 constexpr std::size_t kTimelineBuckets = 1500;
 
@@ -82,13 +85,14 @@ SimResult run(const Trace& trace, SimMode mode, const Policy& policy_in, bool in
   SimResult r;
   r.mode = mode;
   Policy policy = policy_in;
+  if (mode == SimMode::kPoolSegments) policy.vmm = VmmMode::kOff;
   if (mode == SimMode::kCache) {
     policy.high_watermark = std::numeric_limits<std::uint64_t>::max() / 2;
     policy.low_watermark = policy.high_watermark;
     policy.idle_release_ms = 0;
     policy.min_device_free = 0;
   }
-  SimulatedBackend backend(kCapacity);
+  SimulatedBackend backend(kCapacity, kPageSize);
   SyncGate gate;
   Releaser releaser;  // never started: tick() is called below, in trace time
   std::uint64_t now_us = 0;
@@ -205,8 +209,10 @@ SimResult run(const Trace& trace, SimMode mode, const Policy& policy_in, bool in
     sampler.flush();
   }
   SimulatedBackend::Counters c = backend.counters();
-  r.driver_mallocs = c.allocations;
-  r.driver_frees = c.releases;
+  r.driver_mallocs = c.allocations + c.page_creates;
+  r.driver_frees = c.releases + c.page_releases;
+  r.page_maps = c.maps;
+  r.page_unmaps = c.unmaps;
   r.fences = c.syncs;
   if (mode != SimMode::kPassThrough) {
     // Peaks as the pool counts them (exact, not sampled).

@@ -16,9 +16,10 @@
 namespace cudapool::bench {
 
 enum class SimMode {
-  kPool,         // cudapool's DevicePool with the given policy
-  kCache,        // the same pool, never releasing (a framework cache: PyTorch's default)
-  kPassThrough,  // one driver allocation per allocation, freed at once (no pool)
+  kPool,          // cudapool's DevicePool with the given policy, on pages (a GPU with VMM)
+  kPoolSegments,  // the same on whole segments (CUDAPOOL_VMM=off, or a device without VMM)
+  kCache,         // the same pool, never releasing (a framework cache: PyTorch's default)
+  kPassThrough,   // one driver allocation per allocation, freed at once (no pool)
 };
 const char* to_string(SimMode mode);
 
@@ -31,8 +32,10 @@ struct HeldAt {
 struct SimResult {
   SimMode mode = SimMode::kPool;
   std::uint64_t app_calls = 0;       // allocations + frees replayed
-  std::uint64_t driver_mallocs = 0;  // driver allocations (segments obtained)
-  std::uint64_t driver_frees = 0;    // driver frees (segments returned)
+  std::uint64_t driver_mallocs = 0;  // driver allocations (segments or pages obtained)
+  std::uint64_t driver_frees = 0;    // driver frees (segments or pages returned)
+  std::uint64_t page_maps = 0;       // pages mapped and unmapped (0 on segments)
+  std::uint64_t page_unmaps = 0;
   std::uint64_t fences = 0;          // device synchronisations
   std::uint64_t peak_held = 0;       // bytes held from the driver, at the highest
   std::uint64_t peak_in_use = 0;     // bytes handed out (as rounded by the pool), at the highest

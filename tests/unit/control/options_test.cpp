@@ -73,6 +73,8 @@ std::string bad_value_for(OptionType type) {
       return "-5";
     case OptionType::kReuse:
       return "sometimes";
+    case OptionType::kVmm:
+      return "maybe";
     case OptionType::kLogLevel:
       return "loud";
     case OptionType::kString:
@@ -94,6 +96,7 @@ const std::map<std::string, std::pair<std::string, std::string>>& non_default_va
       {"MIN_DEVICE_FREE", {"10%", "10%"}},
       {"LIMIT", {"12.5%", "12.5%"}},
       {"REUSE", {"IMMEDIATE", "immediate"}},
+      {"VMM", {"Off", "off"}},
       {"LOG_LEVEL", {"Debug", "debug"}},
       {"LOG_FILE", {"/var/log/cudapool.log", "/var/log/cudapool.log"}},
       {"TRACE_FILE", {"/tmp/trace-%p.csv", "/tmp/trace-%p.csv"}},
@@ -151,6 +154,7 @@ TEST(OptionTable, ProductDefaults) {
   EXPECT_EQ(o.min_device_free, SizeSpec::Bytes(0));
   EXPECT_EQ(o.limit, SizeSpec::Bytes(0));
   EXPECT_EQ(o.reuse, ReuseMode::kFence);
+  EXPECT_EQ(o.vmm, VmmMode::kAuto);
   EXPECT_EQ(o.log_level, LogLevel::kInfo);
   EXPECT_EQ(o.log_file, "");
   EXPECT_TRUE(o.control);
@@ -200,7 +204,8 @@ TEST(OptionTable, DescribeIsOneLineWithEveryOption) {
   EXPECT_EQ(line.find('\n'), std::string::npos);
   EXPECT_EQ(line.rfind("disable=0 high_watermark=4GiB low_watermark=1GiB ", 0), 0u) << line;
   EXPECT_NE(line.find(" idle_release_ms=30000 "), std::string::npos) << line;
-  EXPECT_NE(line.find(" reuse=fence log_level=info log_file=\"\" control=1 "), std::string::npos)
+  EXPECT_NE(line.find(" reuse=fence vmm=auto log_level=info log_file=\"\" control=1 "),
+            std::string::npos)
       << line;
   for (const OptionInfo& info : option_table()) {
     std::string field(info.name);
@@ -455,6 +460,12 @@ TEST(ValueParsers, BoolsEnumsAndLevels) {
   EXPECT_TRUE(parse_reuse_mode("Immediate", &mode, nullptr));
   EXPECT_EQ(mode, ReuseMode::kImmediate);
   EXPECT_FALSE(parse_reuse_mode("never", &mode, nullptr));
+  VmmMode vmm = VmmMode::kAuto;
+  EXPECT_TRUE(parse_vmm_mode(" ON ", &vmm, nullptr));
+  EXPECT_EQ(vmm, VmmMode::kOn);
+  EXPECT_TRUE(parse_vmm_mode("off", &vmm, nullptr));
+  EXPECT_EQ(vmm, VmmMode::kOff);
+  EXPECT_FALSE(parse_vmm_mode("pages", &vmm, nullptr));
 }
 
 // ---- Control directory -----------------------------------------------------------------------
