@@ -1,6 +1,8 @@
 # ctest -P script: the stand-in exports only cuda*/standin* symbols, each under the
 # libcudart.so.13 version node (like NVIDIA's runtime), and a client binds with that version.
-# Inputs: OBJDUMP, LIBRARY (libcudart.so.13), CLIENT (an executable linked against it).
+# Inputs: OBJDUMP, LIBRARY (libcudart.so.13), CLIENT (an executable linked against it), DRIVER
+# (optional: the stand-in libcuda.so.1, whose exports are cu*/standin* without a version, like
+# NVIDIA's).
 
 function(dynamic_symbols file out)
   execute_process(COMMAND ${OBJDUMP} -T ${file} OUTPUT_VARIABLE text RESULT_VARIABLE rc)
@@ -46,3 +48,27 @@ foreach(sym cudaMalloc cudaFree)
   endif()
 endforeach()
 message(STATUS "${exported} symbols exported, all cuda*/standin*@@libcudart.so.13")
+
+if(DRIVER)
+  dynamic_symbols(${DRIVER} drv)
+  string(REPLACE "\n" ";" drv_lines "${drv}")
+  set(driver_exported 0)
+  foreach(line IN LISTS drv_lines)
+    if(NOT line MATCHES "^[0-9a-f]+ .* (\\.text|\\.data|\\.bss|\\.rodata)[ \t]")
+      continue()
+    endif()
+    if(NOT line MATCHES "[ \t][0-9a-f]+[ \t]+(cu|standin)[A-Za-z0-9_]+$")
+      message(FATAL_ERROR "unexpected driver export (not cu*/standin*, or versioned): ${line}")
+    endif()
+    math(EXPR driver_exported "${driver_exported} + 1")
+  endforeach()
+  foreach(sym cuInit cuDriverGetVersion cuDeviceGet cuDeviceGetCount cuDeviceGetAttribute
+              cuCtxGetDevice cuCtxGetCurrent cuMemGetAllocationGranularity cuMemCreate
+              cuMemRelease cuMemAddressReserve cuMemAddressFree cuMemMap cuMemUnmap
+              cuMemSetAccess cuMemGetAccess standinDriverAttach)
+    if(NOT drv MATCHES "[ \t][0-9a-f]+[ \t]+${sym}\n")
+      message(FATAL_ERROR "${DRIVER} does not export ${sym} (unversioned)")
+    endif()
+  endforeach()
+  message(STATUS "${driver_exported} driver symbols exported, all cu*/standin*, unversioned")
+endif()

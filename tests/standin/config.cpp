@@ -1,6 +1,7 @@
 // Environment configuration of the stand-in runtime, read once at the first API call. A value
 // that does not parse warns on stderr and keeps the default.
 #include <strings.h>
+#include <unistd.h>
 #include <cerrno>
 #include <cmath>
 #include <cstdarg>
@@ -101,6 +102,41 @@ bool parse_list(const char* text, std::vector<uint64_t>* out) {
   return true;
 }
 
+bool parse_bool(const char* v) {
+  return strcmp(v, "0") != 0 && strcasecmp(v, "false") != 0 && strcasecmp(v, "no") != 0;
+}
+
+// "create:3,map:5,create:7" -> the 3rd and 7th create and the 5th map fail.
+bool parse_vmm_failures(const char* text, std::vector<uint64_t> (&out)[kVmmKindCount]) {
+  std::vector<uint64_t> values[kVmmKindCount];
+  std::string s(text);
+  size_t pos = 0;
+  while (pos <= s.size()) {
+    size_t comma = s.find(',', pos);
+    if (comma == std::string::npos) comma = s.size();
+    std::string item = s.substr(pos, comma - pos);
+    pos = comma + 1;
+    while (!item.empty() && item.front() == ' ')
+      item.erase(item.begin());
+    while (!item.empty() && item.back() == ' ')
+      item.pop_back();
+    if (item.empty()) continue;
+    const size_t colon = item.find(':');
+    if (colon == std::string::npos) return false;
+    const std::string kind = item.substr(0, colon);
+    uint64_t n = 0;
+    if (!parse_u64(item.c_str() + colon + 1, &n) || n == 0) return false;
+    int k = 0;
+    while (k < kVmmKindCount && kind != kVmmKindNames[k])
+      ++k;
+    if (k == kVmmKindCount) return false;
+    values[k].push_back(n);
+  }
+  for (int k = 0; k < kVmmKindCount; ++k)
+    out[k] = std::move(values[k]);
+  return true;
+}
+
 template <typename F>
 void with_env(const char* name, F&& parse) {
   const char* v = getenv(name);
@@ -137,18 +173,31 @@ Config load_config() {
   });
   with_env("STANDIN_SEED", [&](const char* v) { return parse_u64(v, &c.seed); });
   with_env("STANDIN_NO_DRIVER", [&](const char* v) {
-    c.no_driver = strcmp(v, "0") != 0 && strcasecmp(v, "false") != 0 && strcasecmp(v, "no") != 0;
+    c.no_driver = parse_bool(v);
     return true;
   });
   with_env("STANDIN_DRIVER_LIBRARY", [&](const char* v) {
-    c.driver_library =
-        strcmp(v, "0") != 0 && strcasecmp(v, "false") != 0 && strcasecmp(v, "no") != 0;
+    c.driver_library = parse_bool(v);
     return true;
   });
   with_env("STANDIN_ASYNC_DELAY_US",
            [&](const char* v) { return parse_u64(v, &c.async_delay_us); });
   with_env("STANDIN_LATENCY_JITTER_US",
            [&](const char* v) { return parse_u64(v, &c.latency_jitter_us); });
+  with_env("STANDIN_VMM", [&](const char* v) {
+    c.vmm = parse_bool(v);
+    return true;
+  });
+  with_env("STANDIN_VMM_GRANULARITY", [&](const char* v) {
+    uint64_t g = 0;
+    // A power of two and whole host pages, as every real granularity is.
+    if (!parse_size(v, &g) || g == 0 || (g & (g - 1)) != 0 ||
+        g % static_cast<uint64_t>(sysconf(_SC_PAGESIZE)) != 0 || g > (1ull << 40))
+      return false;
+    c.vmm_granularity = g;
+    return true;
+  });
+  with_env("STANDIN_FAIL_VMM", [&](const char* v) { return parse_vmm_failures(v, c.fail_vmm_at); });
   return c;
 }
 

@@ -43,7 +43,8 @@ enum {
   STANDIN_API_MALLOC = 1,
   STANDIN_API_MALLOC_PITCH = 2,
   STANDIN_API_MALLOC_MANAGED = 3,
-  STANDIN_API_MALLOC_ASYNC = 4 /* cudaMallocAsync and cudaMallocFromPoolAsync */
+  STANDIN_API_MALLOC_ASYNC = 4, /* cudaMallocAsync and cudaMallocFromPoolAsync */
+  STANDIN_API_VMM = 5           /* a cuMemMap mapping (base and size: the mapping's) */
 };
 
 typedef struct StandinAllocationInfo {
@@ -53,9 +54,41 @@ typedef struct StandinAllocationInfo {
   int api; /* STANDIN_API_* */
 } StandinAllocationInfo;
 
+/* Counters of the driver's virtual memory management API (cuMemCreate, cuMemMap, ...). Each
+ * counts successful calls, on the device of the physical memory involved (reserves and
+ * address_frees: the calling thread's current device). */
+typedef struct StandinVmmCounters {
+  unsigned long long creates;           /* cuMemCreate */
+  unsigned long long create_failures;   /* failed cuMemCreate (arguments, capacity, injected) */
+  unsigned long long releases;          /* cuMemRelease */
+  unsigned long long maps;              /* cuMemMap */
+  unsigned long long unmaps;            /* cuMemUnmap */
+  unsigned long long set_access_calls;  /* cuMemSetAccess */
+  unsigned long long reserves;          /* cuMemAddressReserve */
+  unsigned long long address_frees;     /* cuMemAddressFree */
+  unsigned long long other_failures;    /* failed VMM calls other than cuMemCreate (invalid
+                                           arguments or state, injected), on the current device */
+  unsigned long long bytes_physical;    /* live: bytes of cuMemCreate memory not yet freed (a
+                                           released handle's memory lives until its last unmap);
+                                           also counted in StandinCounters.bytes_held */
+  unsigned long long pages_mapped;      /* live: granules (cuMemGetAllocationGranularity) mapped */
+  unsigned long long unmapped_accesses; /* queued memset/memcpy work skipped because VMM memory it
+                                           touches was unmapped, remapped or made inaccessible
+                                           after it was queued (a reuse violation), on the
+                                           stream's device */
+} StandinVmmCounters;
+
 /* Counters of one device, or summed over all devices for device -1. 0 on success, -1 for an
  * invalid device or a null out. */
 STANDIN_API int standinGetCounters(int device, StandinCounters* out);
+/* VMM counters of one device, or summed over all devices for device -1. 0 on success, -1 for an
+ * invalid device or a null out. standinResetCounters zeroes all but the live figures. */
+STANDIN_API int standinGetVmmCounters(int device, StandinVmmCounters* out);
+/* The next `count` calls of one VMM kind ("create", "release", "reserve", "address_free", "map",
+ * "unmap", "set_access") that would succeed fail instead, doing nothing: create, reserve and map
+ * with CUDA_ERROR_OUT_OF_MEMORY (2), the others with CUDA_ERROR_UNKNOWN (999). Replaces the
+ * pending count of that kind; 0 cancels it. An unknown kind is ignored with a warning. */
+STANDIN_API void standinInjectVmmFailures(const char* kind, int count);
 /* Zeroes every counter of every device except bytes_held; peak_bytes_held := bytes_held. */
 STANDIN_API void standinResetCounters(void);
 /* Returns 1. */
@@ -66,9 +99,10 @@ STANDIN_API void standinSetOtherMemory(int device, unsigned long long bytes);
 /* The next `count` cudaMalloc* calls (that would allocate) fail with cudaErrorMemoryAllocation. */
 STANDIN_API void standinInjectMallocFailures(int count);
 /* Failures the stand-in injected so far (STANDIN_FAIL_MALLOC_AT/RATE, standinInjectMallocFailures,
- * STANDIN_FAIL_FREE_AT), all devices. */
+ * STANDIN_FAIL_FREE_AT, STANDIN_FAIL_VMM, standinInjectVmmFailures), all devices. */
 STANDIN_API unsigned long long standinInjectedFaults(void);
-/* 0 and *out filled when ptr lies inside a live device allocation, else -1. */
+/* 0 and *out filled when ptr lies inside a live device allocation or a cuMemMap mapping
+ * (api STANDIN_API_VMM), else -1. */
 STANDIN_API int standinGetAllocationInfo(const void* ptr, StandinAllocationInfo* out);
 
 #ifdef __cplusplus

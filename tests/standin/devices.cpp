@@ -179,6 +179,17 @@ cudaError_t get_properties(cudaDeviceProp* prop, int device) {
 }
 
 }  // namespace
+
+bool device_attribute(int attr, int device, int* value) {
+  Device* d = rt().device(device);
+  if (!d) return false;
+  bool known = false;
+  const int v = attribute_value(static_cast<cudaDeviceAttr>(attr), *d, &known);
+  if (!known) return false;
+  *value = v;
+  return true;
+}
+
 }  // namespace standin
 
 using namespace standin;

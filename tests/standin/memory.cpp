@@ -498,6 +498,11 @@ cudaError_t cudaPointerGetAttributes(struct cudaPointerAttributes* attributes, c
       out.devicePointer = p;
       out.hostPointer = managed ? p : nullptr;
     }
+  } else if (VmmMappingInfo m; ptr && vmm_find_mapping(ptr, &m) && m.accessible) {
+    out.type = cudaMemoryTypeDevice;  // a cuMemMap mapping the device can access
+    out.device = m.device;
+    out.devicePointer = p;
+    out.hostPointer = nullptr;
   } else {
     out.type = cudaMemoryTypeUnregistered;
     out.device = -2;
@@ -569,7 +574,16 @@ cudaError_t cudaIpcCloseMemHandle(void* devPtr) {
 int standinGetAllocationInfo(const void* ptr, StandinAllocationInfo* out) {
   Allocation a;
   uintptr_t base = 0;
-  if (!out || !ptr || !find_device_range(ptr, 0, &a, &base)) return -1;
+  if (!out || !ptr) return -1;
+  if (!find_device_range(ptr, 0, &a, &base)) {
+    VmmMappingInfo m;
+    if (!vmm_find_mapping(ptr, &m)) return -1;
+    out->base = m.base;
+    out->size = m.size;
+    out->device = m.device;
+    out->api = STANDIN_API_VMM;
+    return 0;
+  }
   out->base = base;
   out->size = a.size;
   out->device = a.device;

@@ -25,6 +25,12 @@
 //   synchronisation, implicit legacy-stream waits) follow the CUDA capture-mode rules: they fail
 //   with cudaErrorStreamCaptureUnsupported (or ...Implicit), invalidate the capture and count a
 //   capture violation.
+// - Driver (driver.cpp, vmm.cpp): the runtime loads the stand-in libcuda.so.1 at its start and
+//   hands it a table of functions (driver_table.h); the driver's cu* entry points forward there.
+//   Virtual memory management (cuMemCreate, cuMemMap, ...) lives in vmm.cpp: physical memory is
+//   memfd-backed and counts on the same held bytes as cudaMalloc; mapped, accessible VMM memory is
+//   device memory to copies.cpp and memory.cpp; queued work that finds its VMM memory unmapped
+//   when it runs is skipped and counted (a reuse violation) instead of faulting.
 // - Lifetime: the Runtime is created at the first call and never destroyed (late calls from
 //   static destructors stay safe). An atexit teardown stops the workers (queued work is dropped,
 //   as when a real process exits) and from then on calls return cudaErrorCudartUnloading, as
@@ -59,23 +65,11 @@ void teardown() {
   shutdown_workers();
 }
 
-// The current context's device, for the stand-in driver library (driver.cpp). 0 or a CUresult.
-int driver_current_device(int* device) {
-  Runtime& r = rt();
-  if (r.forked_child.load(std::memory_order_relaxed) ||
-      r.shutting_down.load(std::memory_order_acquire))
-    return 4;                                         // CUDA_ERROR_DEINITIALIZED
-  if (r.device(tls().device) == nullptr) return 201;  // CUDA_ERROR_INVALID_CONTEXT
-  *device = tls().device;
-  return 0;
-}
-
 // Like NVIDIA's runtime, which loads libcuda.so.1 at its start: the stand-in driver library in
-// driver/ beside this one, handed the function above.
+// driver/ beside this one, handed the table of runtime functions it forwards to (vmm.cpp).
 void load_driver_library() {
   Dl_info self{};
-  if (dladdr(reinterpret_cast<void*>(&driver_current_device), &self) == 0 || !self.dli_fname)
-    return;
+  if (dladdr(reinterpret_cast<void*>(&on_fork_child), &self) == 0 || !self.dli_fname) return;
   std::string path = self.dli_fname;
   path = path.substr(0, path.rfind('/') + 1) + "driver/libcuda.so.1";
   void* h = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
@@ -83,9 +77,9 @@ void load_driver_library() {
     warn("stand-in driver library not loaded: %s", dlerror());
     return;
   }
-  using Attach = void (*)(int (*)(int*));
+  using Attach = void (*)(const StandinDriverTable*);
   if (auto attach = reinterpret_cast<Attach>(dlsym(h, "standinDriverAttach")))
-    attach(driver_current_device);
+    attach(driver_table());
 }
 
 Runtime* create_runtime() {
@@ -116,6 +110,16 @@ Runtime* create_runtime() {
 Runtime& rt() {
   static Runtime* runtime = create_runtime();
   return *runtime;
+}
+
+int driver_current_device(int* device) {
+  Runtime& r = rt();
+  if (r.forked_child.load(std::memory_order_relaxed) ||
+      r.shutting_down.load(std::memory_order_acquire))
+    return 4;                                         // CUDA_ERROR_DEINITIALIZED
+  if (r.device(tls().device) == nullptr) return 201;  // CUDA_ERROR_INVALID_CONTEXT
+  *device = tls().device;
+  return 0;
 }
 
 cudaError_t enter() {
@@ -219,6 +223,8 @@ void write_counters_file() {
   if (!g_counters_path || getpid() != g_counters_pid) return;
   StandinCounters c{};
   sum_counters(&c);
+  StandinVmmCounters v{};
+  standinGetVmmCounters(-1, &v);
   const std::string tmp = *g_counters_path + ".tmp." + std::to_string(getpid());
   FILE* f = fopen(tmp.c_str(), "w");
   if (!f) {
@@ -228,10 +234,16 @@ void write_counters_file() {
   fprintf(f,
           "mallocs=%llu malloc_failures=%llu frees=%llu free_failures=%llu bytes_held=%llu "
           "peak_bytes_held=%llu device_syncs=%llu implicit_syncs=%llu stream_syncs=%llu "
-          "capture_violations=%llu get_device_calls=%llu async_ops=%llu\n",
+          "capture_violations=%llu get_device_calls=%llu async_ops=%llu vmm_creates=%llu "
+          "vmm_create_failures=%llu vmm_releases=%llu vmm_maps=%llu vmm_unmaps=%llu "
+          "vmm_set_access_calls=%llu vmm_reserves=%llu vmm_address_frees=%llu "
+          "vmm_other_failures=%llu vmm_bytes_physical=%llu vmm_pages_mapped=%llu "
+          "vmm_unmapped_accesses=%llu\n",
           c.mallocs, c.malloc_failures, c.frees, c.free_failures, c.bytes_held, c.peak_bytes_held,
           c.device_syncs, c.implicit_syncs, c.stream_syncs, c.capture_violations,
-          c.get_device_calls, c.async_ops);
+          c.get_device_calls, c.async_ops, v.creates, v.create_failures, v.releases, v.maps,
+          v.unmaps, v.set_access_calls, v.reserves, v.address_frees, v.other_failures,
+          v.bytes_physical, v.pages_mapped, v.unmapped_accesses);
   const bool ok = fclose(f) == 0;
   if (!ok || rename(tmp.c_str(), g_counters_path->c_str()) != 0) {
     warn("cannot write STANDIN_COUNTERS_FILE %s", g_counters_path->c_str());
@@ -278,6 +290,11 @@ void standinResetCounters(void) {
                     &k.async_ops})
       a->store(0);
     k.peak_bytes_held.store(d->held_bytes.load());
+    VmmCounters& v = d->vmm;  // bytes_physical and pages_mapped are live figures
+    for (auto* a :
+         {&v.creates, &v.create_failures, &v.releases, &v.maps, &v.unmaps, &v.set_access_calls,
+          &v.reserves, &v.address_frees, &v.other_failures, &v.unmapped_accesses})
+      a->store(0);
   }
 }
 

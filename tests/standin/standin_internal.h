@@ -27,7 +27,24 @@
 #include "cuda_standin.h"
 #pragma GCC visibility pop
 
+struct StandinDriverTable;  // driver_table.h
+
 namespace standin {
+
+// The call kinds of the virtual memory management API that failure injection names
+// (STANDIN_FAIL_VMM, standinInjectVmmFailures): "create", "release", ...
+enum VmmKind {
+  kVmmCreate,
+  kVmmRelease,
+  kVmmReserve,
+  kVmmAddressFree,
+  kVmmMap,
+  kVmmUnmap,
+  kVmmSetAccess,
+  kVmmKindCount
+};
+inline constexpr const char* kVmmKindNames[kVmmKindCount] = {
+    "create", "release", "reserve", "address_free", "map", "unmap", "set_access"};
 
 // ---------------------------------------------------------------------------------------------
 // Configuration (config.cpp): read once from the environment at the first API call.
@@ -44,7 +61,10 @@ struct Config {
   bool no_driver = false;
   bool driver_library = true;  // load the stand-in libcuda.so.1 beside this library
   uint64_t async_delay_us = 0;
-  uint64_t latency_jitter_us = 0;  // extra random 0..N us per malloc, free and stream op
+  uint64_t latency_jitter_us = 0;         // extra random 0..N us per malloc, free and stream op
+  bool vmm = true;                        // the driver's VMM API (STANDIN_VMM=0: not supported)
+  uint64_t vmm_granularity = 2ull << 20;  // cuMemGetAllocationGranularity (a power of two)
+  std::vector<uint64_t> fail_vmm_at[kVmmKindCount];  // 1-based call numbers per kind
 };
 Config load_config();
 // "1024", "64K", "64KiB", "1.5GiB", "2G" (binary units; B, KB, MB... also mean binary).
@@ -215,6 +235,38 @@ bool known_range(const void* p, size_t n);
 void release_device_allocations(int device);
 
 // ---------------------------------------------------------------------------------------------
+// Virtual memory management: the driver's cuMemCreate/cuMemMap family (vmm.cpp).
+enum class VmmAccess {
+  kNotVmm,        // not in any VMM reservation
+  kAccessible,    // every byte mapped, with the access asked for
+  kInaccessible,  // in a reservation, but some byte unmapped or without that access
+};
+// A range of VMM memory that queued work will touch, as it was mapped when the work was queued.
+struct VmmRange {
+  uintptr_t addr = 0;
+  size_t size = 0;
+  bool write = false;
+  std::vector<uint64_t> mappings;  // serials of the mappings that covered it
+};
+// Classifies [p, p+n) (n 0 counts as 1 byte). write: some device may write every byte, else some
+// device may read every byte. When accessible, *out describes the range for vmm_run_guarded.
+VmmAccess vmm_check(const void* p, size_t n, bool write, VmmRange* out);
+// Runs `work` (holding the VMM registry shared, so no range is unmapped while it runs) unless a
+// range is no longer mapped as it was when queued (unmapped, remapped or made inaccessible): then
+// skips it and counts one unmapped_accesses on `device`.
+void vmm_run_guarded(int device, const std::vector<VmmRange>& ranges,
+                     const std::function<void()>& work);
+struct VmmMappingInfo {
+  uintptr_t base = 0;  // the mapping (one cuMemMap call) containing the address
+  size_t size = 0;
+  int device = 0;           // of its physical memory
+  bool accessible = false;  // some device may read its granule
+};
+bool vmm_find_mapping(const void* p, VmmMappingInfo* out);
+// The table the runtime hands the stand-in driver (driver.cpp).
+const StandinDriverTable* driver_table();
+
+// ---------------------------------------------------------------------------------------------
 // Handles: opaque values that never repeat, so a stale handle is always detected.
 template <typename T>
 class HandleTable {
@@ -287,6 +339,12 @@ struct Counters {
       capture_violations{0}, get_device_calls{0}, async_ops{0};
 };
 
+struct VmmCounters {  // StandinVmmCounters (cuda_standin.h)
+  std::atomic<uint64_t> creates{0}, create_failures{0}, releases{0}, maps{0}, unmaps{0},
+      set_access_calls{0}, reserves{0}, address_frees{0}, other_failures{0}, unmapped_accesses{0};
+  std::atomic<uint64_t> bytes_physical{0}, pages_mapped{0};  // live figures
+};
+
 struct Device {
   int index = 0;
   uint64_t capacity = 0;
@@ -294,6 +352,7 @@ struct Device {
   std::atomic<uint64_t> held_bytes{0};
   std::atomic<unsigned> flags{0};
   Counters counters;
+  VmmCounters vmm;
   std::shared_ptr<MemPool> default_pool;
   uint64_t default_pool_handle = 0;
   std::mutex streams_mu;
@@ -331,7 +390,7 @@ struct Runtime {
   std::atomic<uint64_t> malloc_calls{0};
   std::atomic<uint64_t> free_calls{0};
   std::atomic<int64_t> injected_malloc_failures{0};
-  std::atomic<uint64_t> injected_faults{0};  // failures caused by injection (malloc and free)
+  std::atomic<uint64_t> injected_faults{0};  // failures caused by injection (malloc, free, VMM)
 
   // Captures.
   std::mutex capture_mu;
@@ -358,6 +417,10 @@ void delay_us(uint64_t us);
 // delay_us(base + a random 0..STANDIN_LATENCY_JITTER_US).
 void delay_with_jitter_us(uint64_t base);
 void note_held_peak(Device& d, uint64_t held);
+// The current context's device, for the stand-in driver. 0 or a CUresult.
+int driver_current_device(int* device);
+// An attribute of a valid device as cudaDeviceGetAttribute answers it; false if unknown.
+bool device_attribute(int attr, int device, int* value);
 
 // Handles and addresses kept as integers, turned back into the API's pointer types.
 template <typename H>
