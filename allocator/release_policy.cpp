@@ -14,7 +14,8 @@ ReleaseDecision decide_release(const Policy& policy, const PolicyInput& in) {
     if (keep >= idle) return;
     if (!best.release || keep < best.keep_idle) best = ReleaseDecision{true, keep, reason};
   };
-  if (idle > policy.high_watermark) consider(policy.low_watermark, ReleaseReason::kWatermark);
+  std::uint64_t trigger = in.watermark_armed ? policy.low_watermark : policy.high_watermark;
+  if (idle > trigger) consider(policy.low_watermark, ReleaseReason::kWatermark);
   if (idle_timer_expired(policy, in)) consider(policy.low_watermark, ReleaseReason::kIdleTimer);
   if (policy.min_device_free != 0 && in.device_free_known &&
       in.device_free < policy.min_device_free) {

@@ -16,7 +16,13 @@ std::uint64_t Releaser::now_ms() {
 
 void Releaser::add_pool(DevicePool* pool) {
   std::lock_guard lock(mutex_);
-  pools_.push_back(Tracked{pool, pool->activity(), now_ms()});
+  std::uint64_t now = now_ms();
+  Tracked t{pool, pool->activity(), now};
+  PoolStats stats = pool->stats();
+  t.last_frees = stats.app_frees;
+  t.last_mallocs = stats.app_mallocs;
+  t.last_free_ms = now;
+  pools_.push_back(t);
 }
 
 void Releaser::start() {
@@ -44,6 +50,17 @@ void Releaser::run() {
   }
 }
 
+namespace {
+
+// The watermark holds back (releaser.h): the last release fell short and nothing new has become
+// releasable since.
+bool nothing_new_to_release(std::uint64_t idle, std::uint64_t hint, std::uint64_t floor_idle,
+                            std::uint64_t floor_hint) {
+  return idle <= floor_idle && hint < floor_hint + kSmallSegment;
+}
+
+}  // namespace
+
 void Releaser::tick(std::uint64_t now) {
   std::vector<Tracked*> pools;
   {
@@ -63,33 +80,68 @@ void Releaser::tick(std::uint64_t now) {
     }
     Policy policy = pool.policy();
     PoolStats stats = pool.stats();
+    bool freed = stats.app_frees != t->last_frees;
+    // An allocation since the last pass ends the burst: the application is using memory again.
+    if (stats.app_mallocs != t->last_mallocs) t->armed = false;
+    t->last_mallocs = stats.app_mallocs;
+    std::uint64_t idle = stats.idle();
+    if (idle > policy.high_watermark) t->armed = true;
     PolicyInput in{stats.held, stats.in_use, now, t->last_activity_ms};
+    in.watermark_armed = t->armed;
     if (policy.min_device_free != 0) {
       std::uint64_t free = 0, total = 0;
       in.device_free_known = pool.device_memory(&free, &total) == Status::kOk;
       in.device_free = free;
     }
     ReleaseDecision d = decide_release(policy, in);
-    std::uint64_t idle = stats.idle();
-    if (idle <= policy.high_watermark) {
-      t->watermark_floor = 0;
-      pool.set_wake_threshold(policy.high_watermark);
-    }
-    if (!d.release) continue;
-    if (d.reason == ReleaseReason::kWatermark && idle <= t->watermark_floor) {
+    std::uint64_t trigger = t->armed ? policy.low_watermark : policy.high_watermark;
+    if (idle <= trigger) t->held_back = false;
+    bool attempt = d.release;
+    if (attempt && d.reason == ReleaseReason::kWatermark && t->held_back &&
+        nothing_new_to_release(idle, pool.releasable_hint(), t->floor_idle, t->floor_hint)) {
       // The watermark already did what it could with this much idle memory. The idle timer
       // still gets its one attempt per quiet period: the layout may have changed since.
-      if (!idle_timer_expired(policy, in)) continue;
-      d.reason = ReleaseReason::kIdleTimer;
+      if (idle_timer_expired(policy, in)) {
+        d.reason = ReleaseReason::kIdleTimer;
+      } else {
+        attempt = false;
+      }
     }
-    if (d.reason == ReleaseReason::kIdleTimer && t->idle_release_done) continue;
-    if (pool.releasable_hint() != 0) pool.release_idle(d.keep_idle, d.reason);
-    if (d.reason == ReleaseReason::kIdleTimer) t->idle_release_done = true;
-    std::uint64_t left = pool.stats().idle();
-    if (left > d.keep_idle && left > policy.high_watermark) {
-      t->watermark_floor = left;
-      pool.set_wake_threshold(left + kSmallSegment);
+    if (attempt && d.reason == ReleaseReason::kIdleTimer && t->idle_release_done) attempt = false;
+    PoolStats after = stats;
+    if (attempt) {
+      std::uint64_t released = 0;
+      if (pool.releasable_hint() != 0) released = pool.release_idle(d.keep_idle, d.reason);
+      if (d.reason == ReleaseReason::kIdleTimer) t->idle_release_done = true;
+      after = pool.stats();
+      std::uint64_t left = after.idle();
+      if (left > d.keep_idle && left > trigger) {
+        // Short of the target. Frees that arrived during the release count above the floor.
+        t->held_back = true;
+        t->floor_idle = std::min(left, idle - std::min(idle, released));
+        t->floor_hint = pool.releasable_hint();
+      }
+    } else if (t->armed) {
+      after = pool.stats();  // the frees of this pass's interval, up to its end
     }
+    freed = freed || after.app_frees != t->last_frees;
+    if (freed) {
+      t->last_frees = after.app_frees;
+      t->last_free_ms = now;
+    }
+    if (t->armed && !freed && now >= t->last_free_ms + kTickMs) {
+      std::uint64_t left = after.idle();
+      std::uint64_t hint = pool.releasable_hint();
+      if (left <= policy.low_watermark || hint == 0 ||
+          (t->held_back && nothing_new_to_release(left, hint, t->floor_idle, t->floor_hint))) {
+        t->armed = false;
+        trigger = policy.high_watermark;
+        if (left <= trigger) t->held_back = false;
+      }
+    }
+    std::uint64_t threshold = trigger;
+    if (t->held_back) threshold = std::max(threshold, t->floor_idle + kSmallSegment);
+    pool.set_wake_threshold(threshold);
   }
 }
 

@@ -5,10 +5,29 @@
 // case). Each pass feeds decide_release() and calls DevicePool::release_idle(), which fences
 // and returns memory without holding the pool's hot-path lock across driver calls.
 //
-// Hysteresis beyond the watermarks: when a release cannot get idle down to its target (the idle
-// bytes sit in partly used segments), the pool's wake threshold is raised to what is left plus
-// one segment, and the same rule is not retried until idle grows past it. The idle timer fires
-// once per quiet period.
+// The watermark rule, per pool, so that a burst of frees (no allocation among them) ends at the
+// low watermark however its frees interleave with the passes:
+//   - A pass that finds idle > high arms the pool. While armed, the trigger is the low watermark:
+//     every pass (tick or wake) that finds idle > low releases down to low, and the pool's wake
+//     threshold is low, so each free that leaves idle above low wakes the thread.
+//   - The pool disarms at the start of a pass that sees an allocation since the previous pass
+//     (PoolStats::app_mallocs: the application uses memory again, so steady churn keeps the
+//     hysteresis between the marks), or at the end of a pass that saw no free since the previous
+//     pass (PoolStats::app_frees, read at the pass's start and at its end) when no pass has seen
+//     a free for at least kTickMs (so a pass woken by another pool's free does not end a burst)
+//     and idle is at most low or nothing new is left to release (below). Disarmed, the trigger
+//     and the wake threshold are the high watermark again: a later idle amount up to high stays.
+// Hold-back: when a release falls short of its target while idle is still above the trigger (the
+// idle bytes sit in partly used segments, or the driver refused), the pool records floor_idle,
+// the idle that release left of what the pass saw (min(idle after, idle before - released)), and
+// floor_hint, releasable_hint() after it. The watermark is not retried while idle <= floor_idle
+// and releasable_hint() < floor_hint + kSmallSegment (no new wholly free segment, less than a
+// segment's worth of new pending blocks), and the wake threshold is at least floor_idle plus one
+// segment. Frees that arrive during a release raise idle above floor_idle and a segment that
+// becomes wholly free raises the hint by a segment: either is retried on the next pass, so the
+// hold-back never strands releasable memory. It ends when idle falls to the trigger.
+// The idle timer fires once per quiet period (also while the watermark holds back); device
+// pressure is checked on every pass.
 #pragma once
 
 #include <atomic>
@@ -50,7 +69,13 @@ class Releaser {
     std::uint64_t last_activity = 0;
     std::uint64_t last_activity_ms = 0;
     bool idle_release_done = false;
-    std::uint64_t watermark_floor = 0;  // idle left by the last watermark release
+    std::uint64_t last_frees = 0;    // PoolStats::app_frees at the end of the last pass
+    std::uint64_t last_mallocs = 0;  // PoolStats::app_mallocs at the start of the last pass
+    std::uint64_t last_free_ms = 0;  // time of the last pass that saw a free
+    bool armed = false;              // a watermark release is under way: its target is low
+    bool held_back = false;          // the last release fell short: floor_idle, floor_hint apply
+    std::uint64_t floor_idle = 0;
+    std::uint64_t floor_hint = 0;
   };
 
   void notify();

@@ -6,7 +6,9 @@
 
 #include <latch>
 #include <memory>
+#include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "allocator/simulated_backend.h"
@@ -16,6 +18,7 @@
 namespace cudapool {
 namespace {
 
+using test::expect_consistent;
 using test::policy_with;
 using test::SimPool;
 
@@ -232,33 +235,78 @@ TEST_F(ReleaserTest, WatermarkIsNotRetriedWhileIdleSitsInPartlyUsedSegments) {
   EXPECT_EQ(t.backend.counters().releases, 1u);
 }
 
-// A device's pool may be added (first use of that device) while the release thread is inside a
-// tick, blocked in a driver call for another pool. The tick must keep that other pool's state:
-// here, what the watermark attempt left, which stops it from fencing again on the next ticks.
-// The watermark gave up on 9 MiB idle spread over partly used segments. Later the layout changes
-// (one segment becomes wholly free) while idle stays the same: the watermark does not retry, but
-// the idle timer's attempt after a quiet period returns that segment.
-TEST_F(ReleaserTest, IdleTimerFiresWhileTheWatermarkHoldsBack) {
-  Policy p = quiet_policy();
-  p.high_watermark = 4 * kMiB;
-  p.low_watermark = 1 * kMiB;
-  p.idle_release_ms = 1000;
-  SimPool t(p);
-  releaser_.add_pool(&t.pool);
+// One live 512 KiB block in each of six 2 MiB segments, the other three freed: 9 MiB idle that no
+// release can return. The first tick's watermark attempt gives up on it.
+std::vector<std::vector<void*>> six_partly_used_segments(SimPool& t) {
   std::vector<std::vector<void*>> segs(6);
   for (auto& seg : segs)
     for (int i = 0; i < 4; ++i)
       seg.push_back(t.alloc(512 * kKiB));
-  for (auto& seg : segs)  // one live block per segment: nothing can be returned
+  for (auto& seg : segs)
     for (int i = 1; i < 4; ++i)
-      ASSERT_EQ(t.free(seg[i]), Status::kOk);
+      EXPECT_EQ(t.free(seg[i]), Status::kOk);
+  EXPECT_EQ(t.pool.stats().idle(), 9 * kMiB);
+  return segs;
+}
+
+bool in_segment(const void* p, const void* segment_base) {
+  auto a = reinterpret_cast<std::uintptr_t>(p),
+       base = reinterpret_cast<std::uintptr_t>(segment_base);
+  return a >= base && a < base + kSmallSegment;
+}
+
+// The watermark gave up on 9 MiB idle spread over partly used segments. Later the layout changes
+// (one segment becomes wholly free) while idle stays the same: releasable_hint() now shows a
+// whole segment, so the next pass returns it. (The hold-back used to compare idle only: the
+// segment stayed until idle grew, here for ever with the idle timer off.)
+TEST_F(ReleaserTest, WatermarkRetriesWhenASegmentBecomesWhollyFreeAtTheSameIdle) {
+  Policy p = quiet_policy();
+  p.high_watermark = 4 * kMiB;
+  p.low_watermark = 1 * kMiB;
+  SimPool t(p);
+  releaser_.add_pool(&t.pool);
+  std::vector<std::vector<void*>> segs = six_partly_used_segments(t);
   releaser_.tick(base_);
   ASSERT_EQ(t.pool.stats().driver_frees, 0u);
 
   ASSERT_EQ(t.free(segs[0][0]), Status::kOk);  // segment 0 is wholly free ...
   ASSERT_NE(t.alloc(512 * kKiB), nullptr);     // ... and stays so: best fit goes elsewhere
   ASSERT_EQ(t.pool.stats().idle(), 9 * kMiB);
-  releaser_.tick(base_ + 100);  // activity seen; the watermark does not retry at the same idle
+  ASSERT_EQ(t.pool.releasable_hint(), kSmallSegment);
+  releaser_.tick(base_ + 100);
+  PoolStats s = t.pool.stats();
+  EXPECT_EQ(s.driver_frees, 1u);
+  EXPECT_EQ(s.held, 10 * kMiB);
+  EXPECT_EQ(by_reason(s, ReleaseReason::kWatermark), 1u);
+  for (int i = 2; i <= 5; ++i)
+    releaser_.tick(base_ + 100 * i);
+  EXPECT_EQ(t.pool.stats().driver_frees, 1u);
+  EXPECT_EQ(t.backend.counters().releases, 1u);
+}
+
+// The watermark holds back while what became releasable is less than a segment: here a 512 KiB
+// block pending its fence (at the same idle) that completes segment 0. The watermark does not
+// retry, but the idle timer's attempt after a quiet period fences and returns that segment.
+TEST_F(ReleaserTest, IdleTimerFiresWhileTheWatermarkHoldsBack) {
+  Policy p = quiet_policy(ReuseMode::kFence);
+  p.high_watermark = 4 * kMiB;
+  p.low_watermark = 1 * kMiB;
+  p.idle_release_ms = 1000;
+  SimPool t(p);
+  releaser_.add_pool(&t.pool);
+  std::vector<std::vector<void*>> segs = six_partly_used_segments(t);
+  releaser_.tick(base_);
+  ASSERT_EQ(t.backend.counters().syncs, 1u);
+  ASSERT_EQ(t.pool.stats().driver_frees, 0u);
+
+  void* elsewhere = t.alloc(512 * kKiB);
+  std::size_t k = in_segment(elsewhere, segs[0][0]) ? 1 : 0;
+  ASSERT_FALSE(in_segment(elsewhere, segs[k][0]));
+  ASSERT_EQ(t.free(segs[k][0]), Status::kOk);  // segment k is wholly free once fenced
+  ASSERT_EQ(t.pool.stats().idle(), 9 * kMiB);
+  ASSERT_EQ(t.pool.releasable_hint(), 512 * kKiB);
+  releaser_.tick(base_ + 100);  // activity seen; the watermark does not retry
+  EXPECT_EQ(t.backend.counters().syncs, 1u);
   EXPECT_EQ(t.pool.stats().driver_frees, 0u);
 
   releaser_.tick(base_ + 100 + 1000);
@@ -268,6 +316,9 @@ TEST_F(ReleaserTest, IdleTimerFiresWhileTheWatermarkHoldsBack) {
   EXPECT_EQ(by_reason(s, ReleaseReason::kIdleTimer), 1u);
 }
 
+// A device's pool may be added (first use of that device) while the release thread is inside a
+// tick, blocked in a driver call for another pool. The tick must keep that other pool's state:
+// here, what the watermark attempt left, which stops it from fencing again on the next ticks.
 TEST_F(ReleaserTest, PoolAddedDuringATickKeepsTheOtherPoolsState) {
   test::FakeBackend backend;
   SyncGate gate;
@@ -354,6 +405,247 @@ TEST_F(ReleaserTest, StoppedReleaserReleasesNothing) {
   releaser_.tick(base_);
   EXPECT_EQ(t.pool.stats().held, 10 * kMiB);
   EXPECT_EQ(t.backend.counters().releases, 0u);
+}
+
+// ---- a burst of frees and the watermark (releaser.h: armed until the frees stop) --------------
+
+// The burst of the issue: 2 GiB in 1 MiB blocks (two per 2 MiB segment) allocated, then freed;
+// HIGH_WATERMARK=1GiB, LOW_WATERMARK=256MiB, no idle timer. The release fires once idle passes
+// 1 GiB, while the burst's frees are still arriving; wherever the passes fall among the frees,
+// the burst must end at the low watermark.
+constexpr int kBurstBlocks = 2048;
+constexpr std::uint64_t kHigh = kGiB;
+constexpr std::uint64_t kLow = 256 * kMiB;
+
+class ReleaserBurstTest : public ReleaserTest, public ::testing::WithParamInterface<ReuseMode> {
+ protected:
+  ReleaserBurstTest() : t_(burst_policy(GetParam())) {
+    releaser_.add_pool(&t_.pool);
+    blocks_ = alloc_mib_blocks(t_, kBurstBlocks);
+  }
+
+  static Policy burst_policy(ReuseMode reuse) {
+    Policy p = quiet_policy(reuse);
+    p.high_watermark = kHigh;
+    p.low_watermark = kLow;
+    return p;
+  }
+
+  // Frees blocks_[from, to) and returns how many of those frees asked to wake the releaser.
+  int free_blocks(std::size_t from, std::size_t to) {
+    int wakes = 0;
+    for (std::size_t i = from; i < to; ++i) {
+      bool wake = false;
+      EXPECT_EQ(t_.pool.free(blocks_[i], &wake), Status::kOk);
+      wakes += wake;
+    }
+    return wakes;
+  }
+
+  void tick_at(std::uint64_t ms) {
+    now_ = ms;
+    releaser_.tick(base_ + ms);
+  }
+
+  void expect_at_low_watermark() {
+    PoolStats s = t_.pool.stats();
+    EXPECT_EQ(s.in_use, 0u);
+    EXPECT_LE(s.idle(), kLow) << "the burst left " << s.idle() / kMiB << " MiB";
+    EXPECT_GT(s.idle(), kLow - 2 * kSmallSegment) << "released below the low watermark";
+  }
+
+  SimPool t_;
+  std::vector<void*> blocks_;
+  std::uint64_t now_ = 0;  // ms after base_ of the last tick
+};
+
+// Free 1300 MiB, tick (the release fires: idle down to 256 MiB), free the other 748 MiB: idle
+// 1004 MiB, under the high watermark. The next tick still releases to the low watermark.
+TEST_P(ReleaserBurstTest, ReleaseThatFiresMidBurstKeepsTheLowWatermarkAsTarget) {
+  free_blocks(0, 1300);
+  tick_at(0);
+  EXPECT_LE(t_.pool.stats().idle(), kLow);
+  EXPECT_EQ(by_reason(t_.pool.stats(), ReleaseReason::kWatermark), 1u);
+
+  free_blocks(1300, kBurstBlocks);
+  ASSERT_LE(t_.pool.stats().idle(), kHigh);
+  tick_at(100);
+  expect_at_low_watermark();
+  tick_at(200);
+  expect_at_low_watermark();
+  expect_consistent(t_.pool, t_.backend);
+}
+
+// The frees arrive 100 per tick: after the crossing every tick releases to the low watermark.
+TEST_P(ReleaserBurstTest, FreesSplitAcrossManyTicksEndAtTheLowWatermark) {
+  for (std::size_t from = 0; from < kBurstBlocks; from += 100) {
+    free_blocks(from, std::min<std::size_t>(from + 100, kBurstBlocks));
+    tick_at(now_ + 100);
+  }
+  expect_at_low_watermark();
+  tick_at(now_ + 100);
+  expect_at_low_watermark();
+}
+
+// A tick between every free: no tick ever sees a quiet interval until the burst is over.
+TEST_P(ReleaserBurstTest, ATickBetweenEveryFreeEndsAtTheLowWatermark) {
+  std::uint64_t peak_after_release = 0;
+  for (std::size_t i = 0; i < kBurstBlocks; ++i) {
+    free_blocks(i, i + 1);
+    tick_at(now_ + 100);
+    if (by_reason(t_.pool.stats(), ReleaseReason::kWatermark) > 0)
+      peak_after_release = std::max(peak_after_release, t_.pool.stats().idle());
+  }
+  EXPECT_LE(peak_after_release, kLow + kSmallSegment);
+  expect_at_low_watermark();
+  tick_at(now_ + 100);
+  expect_at_low_watermark();
+}
+
+// The thread as it runs during a burst: a pass only when a free asks for one (DevicePool::free
+// sets *wake_releaser when idle passes the wake threshold), passes 1 ms apart. After the first
+// release the threshold is the low watermark, so the burst's later frees wake the thread at once;
+// a pass with no free in between (woken by another pool) does not end the burst. Once the frees
+// have stopped for a tick the threshold is the high watermark again.
+TEST_P(ReleaserBurstTest, WakeTriggeredPassesKeepTheLowWatermarkAsTarget) {
+  std::size_t i = 0;
+  bool wake = false;
+  while (!wake && i < kBurstBlocks)
+    ASSERT_EQ(t_.pool.free(blocks_[i++], &wake), Status::kOk);
+  ASSERT_GT(t_.pool.stats().idle(), kHigh);
+  tick_at(1);
+  ASSERT_LE(t_.pool.stats().idle(), kLow);
+  tick_at(2);  // another device's free woke the thread: no free here since the last pass
+
+  int wakes = 0;
+  std::uint64_t peak = 0;
+  for (; i < kBurstBlocks; ++i) {
+    wake = false;
+    ASSERT_EQ(t_.pool.free(blocks_[i], &wake), Status::kOk);
+    peak = std::max(peak, t_.pool.stats().idle());
+    if (wake) {
+      ++wakes;
+      tick_at(now_ + 1);
+    }
+  }
+  EXPECT_GT(wakes, 0);
+  EXPECT_LE(peak, kLow + 2 * kSmallSegment) << "idle climbed back to " << peak / kMiB << " MiB";
+  tick_at(now_ + 100);  // the thread's next timed pass
+  expect_at_low_watermark();
+  tick_at(now_ + 100);  // a tick with no free since the last one: disarmed
+  expect_at_low_watermark();
+
+  // Disarmed: idle up to the high watermark stays cached, and its frees do not wake the thread.
+  std::vector<void*> again = alloc_mib_blocks(t_, 600);
+  wakes = 0;
+  for (void* p : again) {
+    wake = false;
+    ASSERT_EQ(t_.pool.free(p, &wake), Status::kOk);
+    wakes += wake;
+  }
+  EXPECT_EQ(wakes, 0);
+  std::uint64_t idle = t_.pool.stats().idle();
+  EXPECT_GT(idle, kLow);
+  tick_at(now_ + 100);
+  tick_at(now_ + 100);
+  EXPECT_EQ(t_.pool.stats().idle(), idle);
+}
+
+// After a quiet tick the pool is disarmed: a later idle amount above the low watermark but not
+// above the high one is not released, and the next crossing of the high watermark arms it again.
+TEST_P(ReleaserBurstTest, DisarmsOnceTheFreesStop) {
+  free_blocks(0, 1300);
+  tick_at(0);
+  free_blocks(1300, kBurstBlocks);
+  tick_at(100);
+  expect_at_low_watermark();
+  tick_at(200);  // no free since the last tick: disarmed
+  std::uint64_t releases = by_reason(t_.pool.stats(), ReleaseReason::kWatermark);
+
+  std::vector<void*> again = alloc_mib_blocks(t_, 700);
+  for (void* p : again)
+    ASSERT_EQ(t_.free(p), Status::kOk);
+  std::uint64_t idle = t_.pool.stats().idle();
+  ASSERT_GT(idle, kLow + 300 * kMiB);
+  ASSERT_LE(idle, kHigh);
+  for (int i = 3; i <= 6; ++i)
+    tick_at(100 * i);
+  EXPECT_EQ(t_.pool.stats().idle(), idle);
+  EXPECT_EQ(by_reason(t_.pool.stats(), ReleaseReason::kWatermark), releases);
+
+  // A quiet pass at most kTickMs after the last free does not disarm either: the next burst is
+  // released down to the low watermark the same way.
+  again = alloc_mib_blocks(t_, 1600);
+  free_range(t_, again, 0, 1300);
+  tick_at(now_ + 100);
+  EXPECT_LE(t_.pool.stats().idle(), kLow);
+  tick_at(now_ + 50);  // no free since, but only 50 ms after the last pass that saw one
+  free_range(t_, again, 1300, 1600);
+  tick_at(now_ + 100);
+  expect_at_low_watermark();
+}
+
+// An allocation ends the burst: the application uses memory again, and what it frees afterwards
+// may stay cached up to the high watermark (steady churn keeps the hysteresis between the marks).
+TEST_P(ReleaserBurstTest, AnAllocationEndsTheBurst) {
+  free_blocks(0, 1300);
+  tick_at(0);
+  free_blocks(1300, 1600);
+  tick_at(100);  // only frees since the release: still down to the low watermark
+  EXPECT_LE(t_.pool.stats().idle(), kLow);
+
+  void* p = t_.alloc(kMiB);
+  free_blocks(1600, kBurstBlocks);
+  tick_at(110);
+  std::uint64_t idle = t_.pool.stats().idle();
+  EXPECT_GT(idle, kLow + 300 * kMiB);
+  EXPECT_LE(idle, kHigh);
+  tick_at(210);
+  EXPECT_EQ(t_.pool.stats().idle(), idle);
+  ASSERT_EQ(t_.free(p), Status::kOk);
+}
+
+INSTANTIATE_TEST_SUITE_P(, ReleaserBurstTest,
+                         ::testing::Values(ReuseMode::kImmediate, ReuseMode::kFence),
+                         [](const ::testing::TestParamInfo<ReuseMode>& info) {
+                           return info.param == ReuseMode::kFence ? std::string("Fence")
+                                                                  : std::string("Immediate");
+                         });
+
+// The integration failure ("a burst left 702 MiB"): HIGH_WATERMARK=256MiB, LOW_WATERMARK=0, ten
+// 100 MiB blocks freed; the release fires after the third free, and the other seven arrive while
+// it is returning segments. The hold-back must not take those seven for idle memory the release
+// could not return: the next pass returns them.
+TEST_F(ReleaserTest, FreesDuringAReleaseAreReleasedByTheNextPass) {
+  test::FakeBackend backend;
+  SyncGate gate;
+  Policy p = quiet_policy(ReuseMode::kImmediate);
+  p.high_watermark = 256 * kMiB;
+  p.low_watermark = 0;
+  DevicePool pool(0, backend, gate, p);
+  releaser_.add_pool(&pool);
+  std::vector<void*> blocks;
+  for (int i = 0; i < 10; ++i)
+    blocks.push_back(test::alloc_or_fail(pool, 100 * kMiB));
+  for (int i = 0; i < 3; ++i)
+    ASSERT_EQ(test::free_block(pool, blocks[i]), Status::kOk);
+  ASSERT_GT(pool.stats().idle(), p.high_watermark);
+
+  bool during = false;
+  backend.set_on_release([&] {
+    if (std::exchange(during, true)) return;
+    for (int i = 3; i < 10; ++i)  // the pool's lock is not held across the driver call
+      ASSERT_EQ(test::free_block(pool, blocks[i]), Status::kOk);
+  });
+  releaser_.tick(base_);
+  backend.set_on_release(nullptr);
+  ASSERT_TRUE(during);
+  ASSERT_EQ(pool.stats().held, 700 * kMiB);  // the seven arrived after the victims were chosen
+
+  releaser_.tick(base_ + 100);
+  EXPECT_EQ(pool.stats().held, 0u) << "the burst left " << pool.stats().held / kMiB << " MiB";
+  releaser_.tick(base_ + 200);
+  EXPECT_EQ(pool.stats().held, 0u);
 }
 
 }  // namespace
