@@ -121,6 +121,17 @@ DevicePool::Block* DevicePool::take_free_block(PoolKind kind, std::size_t rounde
   std::size_t max_size =
       kind == PoolKind::kLarge && page_size_ == 0 ? largest_acceptable_fit(rounded) : SIZE_MAX;
   Block* b = free_index(kind).take_best_fit(rounded, max_size);
+  if (page_size_ != 0 && kind == PoolKind::kSmall && (b == nullptr || b->in_idle_list))
+      [[unlikely]] {
+    // Pages: rather than start on an idle page, a small request takes a free fragment of a
+    // medium range (a free block holding no whole page: its pages are held for its neighbours).
+    FreeIndex<Block>& medium = free_index(PoolKind::kMedium);
+    if (Block* f = medium.best_fit(rounded); f != nullptr && !f->in_idle_list) {
+      if (b != nullptr) free_index(kind).insert(b);
+      medium.erase(f);
+      b = f;
+    }
+  }
   if (b == nullptr) return nullptr;
   if (b->in_idle_list) [[unlikely]]
     unlink_idle(b);
@@ -145,8 +156,25 @@ DevicePool::Block* DevicePool::split(Block* b, std::size_t head_size) {
 // Hands out the front of free block `b` (not in any index), returning the rest to the index.
 DevicePool::Block* DevicePool::carve(Block* b, std::size_t rounded) {
   Segment* s = b->segment;
-  if ((s->kind != PoolKind::kLarge || page_size_ != 0) && b->size - rounded >= kAlignment)
+  if (page_size_ != 0 && b->size - rounded >= kAlignment) [[unlikely]] {
+    // Pages: the end of the free block that leaves the rest more whole pages (to move or
+    // return) and so makes the block touch fewer; the front when both are the same.
+    auto whole = [&](std::uintptr_t lo, std::uintptr_t hi) {
+      lo = round_up(lo, page_size_);
+      hi = round_down(hi, page_size_);
+      return hi > lo ? hi - lo : 0;
+    };
+    const std::uintptr_t end = b->addr + b->size;
+    if (whole(b->addr, end - rounded) > whole(b->addr + rounded, end)) {
+      Block* rest = b;
+      b = split(rest, b->size - rounded);
+      index_free(rest);
+    } else {
+      index_free(split(b, rounded));
+    }
+  } else if (s->kind != PoolKind::kLarge && b->size - rounded >= kAlignment) {
     index_free(split(b, rounded));
+  }
   if (s->busy == 0 && page_size_ == 0) free_segment_bytes_ -= s->size;
   s->busy += b->size;
   b->state = Block::State::kInUse;
@@ -405,14 +433,14 @@ Status DevicePool::allocate_slow_pages(PoolKind kind, std::size_t rounded, void*
   if (pending >= fence_at && fence() && try_take(true)) return Status::kOk;
 
   std::lock_guard grow_lock(release_mutex_);
-  if (try_take(true)) return Status::kOk;  // another thread's growth or fence served it meanwhile
-  std::vector<PageHandle> pages;
-  pages.reserve(need);
-  steal_pages(need, &pages);
-  bool over_limit = false;
-  Status st = create_pages(need - pages.size(), &pages, &over_limit);
-  bool served = false;
-  if (st == Status::kOutOfMemory) {
+  Status st = Status::kOk;
+  std::vector<PageHandle> pages;  // gathered for the request, not yet mapped
+  auto gather = [&](const Placement& at) {
+    if (pages.size() >= at.pages) return;
+    steal_pages(at.pages, at, &pages);
+    bool over_limit = false;
+    st = create_pages(at.pages - std::min(at.pages, pages.size()), &pages, &over_limit);
+    if (st != Status::kOutOfMemory) return;
     {
       std::lock_guard lock(mutex_);
       ++(over_limit ? stats_.limit_hits : stats_.oom_retries);
@@ -421,24 +449,80 @@ Status DevicePool::allocate_slow_pages(PoolKind kind, std::size_t rounded, void*
       SyncGate::SyncPermit permit(gate_);
       if (permit.allowed()) fence_with_permit();
     }
-    served = try_take(true);
-    if (!served) {
-      steal_pages(need, &pages);
-      st = create_pages(need - pages.size(), &pages, &over_limit);
+    steal_pages(at.pages, at, &pages);
+    st = create_pages(at.pages - std::min(at.pages, pages.size()), &pages, &over_limit);
+  };
+  // Gathering may change the layout (its fence frees blocks, stealing punches holes), and a hit
+  // may take the free memory a placement counts on: place again after gathering, and map only
+  // once the pages cover the placement. A few rounds at most.
+  bool served = false;
+  for (int round = 0; round < 4 && !served && st == Status::kOk; ++round) {
+    if (try_take(true)) {
+      served = true;
+      break;
     }
+    Placement at;
+    {
+      std::lock_guard lock(mutex_);
+      at = place(kind, rounded);
+    }
+    gather(at);
+    if (st != Status::kOk) break;
+    {
+      std::lock_guard lock(mutex_);
+      at = place(kind, rounded);
+    }
+    if (pages.size() >= at.pages) st = map_pages(kind, &pages, at, rounded, ptr, &served);
   }
-  if (!served && st == Status::kOk) st = map_pages(kind, &pages);
   if (!pages.empty()) {  // gathered but not mapped: idle, for the release rules
     std::lock_guard lock(mutex_);
     spare_pages_.insert(spare_pages_.end(), pages.begin(), pages.end());
   }
-  if (served || (st == Status::kOk && try_take(false))) return Status::kOk;
+  if (served) return Status::kOk;
   std::lock_guard lock(mutex_);
   ++stats_.alloc_failures;
-  return st == Status::kOk ? Status::kError : st;
+  return st == Status::kOk ? Status::kOutOfMemory : st;
 }
 
-void DevicePool::steal_pages(std::size_t want, std::vector<PageHandle>* out) {
+// Where a miss maps its pages: a hole of a `kind` range (null: a new range) whose free
+// neighbours the request can use too, so that partly used pages are used up. The request starts
+// in the free block before the hole (the tail); when the new pages fill the hole exactly, it may
+// end in the free block after it (the head). Of the smallest holes, the one that needs the fewest
+// new pages wins.
+DevicePool::Placement DevicePool::place(PoolKind kind, std::size_t rounded) {
+  auto pages_for = [&](std::size_t bytes) { return round_up(bytes, page_size_) / page_size_; };
+  auto free_size = [](const Block* b) {
+    return b != nullptr && b->state == Block::State::kFree ? b->size : 0;
+  };
+  Placement best;
+  best.pages = pages_for(rounded);
+  int candidates = 32;
+  holes_[static_cast<int>(kind)].visit_fits(page_size_, [&](Block* hole) {
+    std::size_t tail = free_size(hole->prev), head = free_size(hole->next);
+    // Using the tail: at least one new page (a request the tail alone fits was a hit).
+    std::size_t n = pages_for(rounded > tail ? rounded - tail : kAlignment);
+    if (n * page_size_ <= hole->size && (best.hole == nullptr || n < best.pages)) {
+      best = Placement{hole, tail != 0 ? hole->prev : nullptr, nullptr, n};
+    }
+    std::size_t around = tail + head;
+    std::size_t m = pages_for(rounded > around ? rounded - around : kAlignment);
+    if (head != 0 && m * page_size_ == hole->size && m < best.pages) {
+      best = Placement{hole, tail != 0 ? hole->prev : nullptr, hole->next, m};
+    }
+    return --candidates > 0 && best.pages > 1;
+  });
+  if (best.hole == nullptr) {  // none of the smallest fits: the smallest hole that fits alone
+    best.hole = holes_[static_cast<int>(kind)].best_fit(best.pages * page_size_);
+    if (best.hole != nullptr && free_size(best.hole->prev) != 0) {
+      best.tail = best.hole->prev;
+      best.pages = pages_for(rounded > best.tail->size ? rounded - best.tail->size : kAlignment);
+    }
+  }
+  return best;
+}
+
+void DevicePool::steal_pages(std::size_t want, const Placement& keep,
+                             std::vector<PageHandle>* out) {
   std::vector<PageAt> taken;
   {
     std::lock_guard lock(mutex_);
@@ -454,7 +538,7 @@ void DevicePool::steal_pages(std::size_t want, std::vector<PageHandle>* out) {
   {
     std::lock_guard lock(mutex_);
     if (unfenced_frees_) return;  // freed without a fence since: not now (a miss creates instead)
-    take_idle_pages(want - out->size(), &taken);
+    take_idle_pages(want - out->size(), keep, &taken);
   }
   unmap_taken(&taken);
   std::lock_guard lock(mutex_);
@@ -464,15 +548,20 @@ void DevicePool::steal_pages(std::size_t want, std::vector<PageHandle>* out) {
   }
 }
 
-void DevicePool::take_idle_pages(std::size_t want, std::vector<PageAt>* out) {
-  while (want != 0 && idle_head_ != nullptr) {
-    Block* b = idle_head_;
-    std::uintptr_t lo = round_up(b->addr, page_size_);
-    std::uintptr_t hi = round_down(b->addr + b->size, page_size_);
-    std::size_t n = std::min<std::size_t>(want, (hi - lo) / page_size_);
-    // From the end of the run: its start stays where the allocations that follow look first.
-    punch_hole(b, hi - n * page_size_, hi, out);
-    want -= n;
+void DevicePool::take_idle_pages(std::size_t want, const Placement& keep,
+                                 std::vector<PageAt>* out) {
+  Block* b = idle_head_;
+  while (want != 0 && b != nullptr) {
+    Block* next = b->idle_next;  // punch_hole re-files b's pieces at the list's end
+    if (b != keep.tail && b != keep.head) {
+      std::uintptr_t lo = round_up(b->addr, page_size_);
+      std::uintptr_t hi = round_down(b->addr + b->size, page_size_);
+      std::size_t n = std::min<std::size_t>(want, (hi - lo) / page_size_);
+      // From the end of the run: its start stays where the allocations that follow look first.
+      punch_hole(b, hi - n * page_size_, hi, out);
+      want -= n;
+    }
+    b = next;
   }
 }
 
@@ -518,8 +607,8 @@ DevicePool::Block* DevicePool::add_hole(Block* b) {
 }
 
 // Maps `count` pages at [addr, ...) inside `hole` (in the hole index) into one free run.
-void DevicePool::fill_hole(Block* hole, std::uintptr_t addr, const PageHandle* pages,
-                           std::size_t count) {
+DevicePool::Block* DevicePool::fill_hole(Block* hole, std::uintptr_t addr, const PageHandle* pages,
+                                         std::size_t count) {
   FreeIndex<Block>& holes = holes_[static_cast<int>(hole->segment->kind)];
   holes.erase(hole);
   Block* b = hole;
@@ -532,7 +621,9 @@ void DevicePool::fill_hole(Block* hole, std::uintptr_t addr, const PageHandle* p
   for (std::size_t i = 0; i < count; ++i)
     s->pages[(addr - s->base) / page_size_ + i] = pages[i];
   b->state = Block::State::kFree;
-  index_free(merge_free(b));
+  b = merge_free(b);
+  index_free(b);
+  return b;
 }
 
 void DevicePool::unmap_taken(std::vector<PageAt>* taken) {
@@ -555,7 +646,8 @@ void DevicePool::unmap_taken(std::vector<PageAt>* taken) {
   stats_.pages_unmapped += unmapped;
 }
 
-Status DevicePool::create_pages(std::size_t count, std::vector<PageHandle>* out, bool* over_limit) {
+Status DevicePool::create_pages(std::size_t count, std::vector<PageHandle>* out,
+                                bool* over_limit) {
   *over_limit = false;
   if (count == 0) return Status::kOk;
   std::uint64_t bytes = count * page_size_;
@@ -585,14 +677,11 @@ Status DevicePool::create_pages(std::size_t count, std::vector<PageHandle>* out,
   return st;
 }
 
-Status DevicePool::map_pages(PoolKind kind, std::vector<PageHandle>* pages) {
-  const std::size_t count = pages->size();
+Status DevicePool::map_pages(PoolKind kind, std::vector<PageHandle>* pages, const Placement& at,
+                             std::size_t rounded, void** ptr, bool* served) {
+  const std::size_t count = at.pages;  // the first `count` of *pages
   const std::size_t bytes = count * page_size_;
-  Block* hole;
-  {
-    std::lock_guard lock(mutex_);
-    hole = holes_[static_cast<int>(kind)].best_fit(bytes);
-  }
+  Block* hole = at.hole;
   if (hole == nullptr) {
     std::size_t size = std::max(kRangeSize, bytes);
     std::uintptr_t base = 0;
@@ -630,27 +719,33 @@ Status DevicePool::map_pages(PoolKind kind, std::vector<PageHandle>* pages) {
   if (st == Status::kOk) st = backend_.set_access(device_, addr, bytes);
   if (st != Status::kOk) {
     if (observer_ != nullptr) observer_->on_driver_error(device_, "map", st);
-    std::vector<bool> stuck(mapped, false);
+    // A page that cannot be unmapped stays where it is, as free memory once it is accessible;
+    // if not even that works, it is lost to the pool (it leaves the counts; an error was logged).
+    enum class Fate : std::uint8_t { kUnmapped, kInPlace, kLost };
+    std::vector<Fate> fate(mapped, Fate::kUnmapped);
     std::size_t unmapped = 0;
     for (std::size_t i = 0; i < mapped; ++i) {
-      stuck[i] = !succeeded(backend_.unmap(device_, addr + i * page_size_));
-      if (!stuck[i]) ++unmapped;
+      std::uintptr_t a = addr + i * page_size_;
+      if (succeeded(backend_.unmap(device_, a))) {
+        ++unmapped;
+      } else {
+        fate[i] = backend_.set_access(device_, a, page_size_) == Status::kOk ? Fate::kInPlace
+                                                                              : Fate::kLost;
+      }
     }
     std::lock_guard lock(mutex_);
     stats_.page_maps += mapped;
     stats_.page_unmaps += unmapped;
-    // A page that cannot be unmapped stays where it is, as free memory once it is accessible;
-    // if not even that works, it is lost to the pool (it leaves the counts; an error was logged).
     std::size_t kept = 0;
-    for (std::size_t i = 0; i < count; ++i) {
-      if (i >= mapped || !stuck[i]) {
+    for (std::size_t i = 0; i < pages->size(); ++i) {
+      if (i >= mapped || fate[i] == Fate::kUnmapped) {
         (*pages)[kept++] = (*pages)[i];
         continue;
       }
-      std::uintptr_t at = addr + i * page_size_;
+      std::uintptr_t a = addr + i * page_size_;
       --stats_.pages_unmapped;
-      if (backend_.set_access(device_, at, page_size_) == Status::kOk) {
-        fill_hole(block_at(at), at, &(*pages)[i], 1);
+      if (fate[i] == Fate::kInPlace) {
+        fill_hole(block_at(a), a, &(*pages)[i], 1);
       } else {
         stats_.held -= page_size_;
         --stats_.pages;
@@ -660,16 +755,23 @@ Status DevicePool::map_pages(PoolKind kind, std::vector<PageHandle>* pages) {
     return st;
   }
   std::lock_guard lock(mutex_);
-  fill_hole(hole, addr, pages->data(), count);
+  Block* b = fill_hole(hole, addr, pages->data(), count);
   stats_.page_maps += count;
   stats_.pages_unmapped -= count;
-  pages->clear();
+  pages->erase(pages->begin(), pages->begin() + static_cast<std::ptrdiff_t>(count));
+  // The request starts where the free memory before the new pages starts (place()); if a hit
+  // took some of it meanwhile, the pages stay free memory and the caller tries again.
+  if (b->size < rounded) return Status::kOk;
+  unindex_free(b);
+  *ptr = reinterpret_cast<void*>(carve(b, rounded)->addr);
+  *served = true;
   return Status::kOk;
 }
 
 // Releases idle pages until idle <= keep_idle: spare pages first, then whole pages of free runs,
 // oldest-freed run first. Every unmap follows a fence of the frees on its page.
-std::uint64_t DevicePool::release_pages_with_permit(std::uint64_t keep_idle, ReleaseReason reason) {
+std::uint64_t DevicePool::release_pages_with_permit(std::uint64_t keep_idle,
+                                                    ReleaseReason reason) {
   {
     std::lock_guard lock(mutex_);
     if (stats_.held - stats_.in_use <= keep_idle) return 0;
@@ -691,7 +793,7 @@ std::uint64_t DevicePool::release_pages_with_permit(std::uint64_t keep_idle, Rel
       spare_pages_.pop_back();
       --want;
     }
-    take_idle_pages(want, &mapped);
+    take_idle_pages(want, Placement{}, &mapped);
     taken = spare.size() + mapped.size();
     stats_.held -= taken * page_size_;
     stats_.pages -= taken;
@@ -893,20 +995,21 @@ void DevicePool::drop_all() {
     }
     for (PageHandle h : spare_pages_)
       pages.push_back({0, h});
-    spare_pages_.clear();
     forget_all();
   }
+  std::size_t unmapped = 0, released = 0;
   for (const PageAt& p : pages) {
-    Status st = p.addr != 0 ? backend_.unmap(device_, p.addr) : Status::kOk;
-    if (succeeded(st)) st = backend_.release_page(device_, p.handle);
-    if (!succeeded(st) && observer_ != nullptr) observer_->on_driver_error(device_, "unmap", st);
+    Status st = Status::kOk;
+    if (p.addr != 0 && succeeded(st = backend_.unmap(device_, p.addr))) ++unmapped;
+    if (succeeded(st) && succeeded(st = backend_.release_page(device_, p.handle))) ++released;
+    if (!succeeded(st) && observer_ != nullptr) observer_->on_driver_error(device_, "release", st);
   }
   for (const auto& [base, size] : ranges)
     if (Status st = backend_.unreserve(device_, base, size); !succeeded(st) && observer_)
       observer_->on_driver_error(device_, "unreserve", st);
   std::lock_guard lock(mutex_);
-  stats_.page_unmaps += pages.size();
-  stats_.page_releases += pages.size();
+  stats_.page_unmaps += unmapped;
+  stats_.page_releases += released;
 }
 
 void DevicePool::forget_all() {
@@ -926,6 +1029,7 @@ void DevicePool::forget_all() {
     index.clear();
   pending_head_ = pending_tail_ = nullptr;
   idle_head_ = idle_tail_ = nullptr;
+  spare_pages_.clear();
   stats_.held = stats_.in_use = stats_.pending = 0;
   stats_.segments = stats_.live_blocks = 0;
   stats_.pages = stats_.pages_unmapped = 0;

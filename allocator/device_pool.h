@@ -161,6 +161,13 @@ class DevicePool {
     std::vector<PageHandle> pages;  // (pages) the page mapped at each page of the range, or 0
   };
   // A page taken out of a range, to unmap and release or to map elsewhere.
+  // Where a miss maps its pages (DevicePool::place).
+  struct Placement {
+    Block* hole = nullptr;  // null: a new range
+    Block* tail = nullptr;  // the free block just before the hole, where the request starts
+    Block* head = nullptr;  // the free block just after it, when the pages fill the hole
+    std::size_t pages = 0;  // new pages the request needs
+  };
   struct PageAt {
     std::uintptr_t addr = 0;  // where it is mapped (0: unmapped)
     PageHandle handle = 0;
@@ -192,18 +199,23 @@ class DevicePool {
   std::size_t whole_pages(const Block* b) const;  // bytes of the pages wholly inside b
   Status allocate_slow_pages(PoolKind kind, std::size_t rounded, void** ptr);
   // Unmaps up to `want` idle pages (spare ones first) and appends them to *out, unmapped.
-  void steal_pages(std::size_t want, std::vector<PageHandle>* out);
+  // (`keep`: the free blocks of a placement, whose pages stay where they are.)
+  void steal_pages(std::size_t want, const Placement& keep, std::vector<PageHandle>* out);
   // Takes pages out of free blocks, oldest-freed first, until `want` are taken or none is left
   // (mutex_ held): the pages become holes; the caller unmaps them.
-  void take_idle_pages(std::size_t want, std::vector<PageAt>* out);
+  void take_idle_pages(std::size_t want, const Placement& keep, std::vector<PageAt>* out);
+  Placement place(PoolKind kind, std::size_t rounded);  // mutex_ held
   // Unmaps taken pages; a page that cannot be unmapped goes back into its range (mutex_ free).
   void unmap_taken(std::vector<PageAt>* taken);
   Status create_pages(std::size_t count, std::vector<PageHandle>* out, bool* over_limit);
-  // Maps `pages` into a hole of a `kind` range (reserving a range if none fits) as one free run.
-  Status map_pages(PoolKind kind, std::vector<PageHandle>* pages);
+  // Maps `pages` at the start of at.hole (a new range of `kind` if null) as free memory, and
+  // serves the request from the free block they join (*served) when it is large enough.
+  Status map_pages(PoolKind kind, std::vector<PageHandle>* pages, const Placement& at,
+                   std::size_t rounded, void** ptr, bool* served);
   Block* punch_hole(Block* b, std::uintptr_t lo, std::uintptr_t hi, std::vector<PageAt>* out);
   Block* add_hole(Block* b);  // marks b a hole and coalesces it with hole neighbours
-  void fill_hole(Block* hole, std::uintptr_t addr, const PageHandle* pages, std::size_t count);
+  // Maps `count` pages at addr inside `hole` as free memory; returns the free block holding them.
+  Block* fill_hole(Block* hole, std::uintptr_t addr, const PageHandle* pages, std::size_t count);
   std::uint64_t release_pages_with_permit(std::uint64_t keep_idle, ReleaseReason reason);
   void forget_all();  // metadata only (mutex_ held)
 

@@ -146,6 +146,14 @@ class FreeIndex {
     return it == set_.end() ? nullptr : *it;
   }
 
+  // Calls visit(block) for the unbinned blocks of at least `size` bytes, smallest first, while it
+  // returns true.
+  template <typename Visit>
+  void visit_fits(std::size_t size, Visit&& visit) const {
+    for (auto it = set_.lower_bound(Key{size, 0}); it != set_.end(); ++it)
+      if (!visit(*it)) return;
+  }
+
   // Removes and returns the best fit for `size` if it is at most `max_size` bytes, else null.
   Block* take_best_fit(std::size_t size, std::size_t max_size) {
     if (binned(size)) {

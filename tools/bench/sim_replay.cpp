@@ -184,6 +184,9 @@ SimResult run(const Trace& trace, SimMode mode, const Policy& policy_in, bool in
           HeldAt h;
           h.label = trace.labels[e.label];
           totals(&h.held, &h.in_use);
+          SimulatedBackend::Counters c = backend.counters();
+          h.driver_calls = c.allocations + c.releases + c.page_creates + c.page_releases;
+          h.app_calls = r.app_calls;
           r.at_marks.push_back(h);
         }
         break;
@@ -229,6 +232,18 @@ SimResult run(const Trace& trace, SimMode mode, const Policy& policy_in, bool in
 }
 
 }  // namespace
+
+void SimResult::calls_between(const std::string& from, const std::string& to,
+                              std::uint64_t* driver, std::uint64_t* app) const {
+  const HeldAt* a = nullptr;
+  const HeldAt* b = nullptr;
+  for (const HeldAt& h : at_marks) {
+    if (h.label == from) a = &h;
+    if (h.label == to) b = &h;
+  }
+  *driver = a != nullptr && b != nullptr ? b->driver_calls - a->driver_calls : 0;
+  *app = a != nullptr && b != nullptr ? b->app_calls - a->app_calls : 0;
+}
 
 SimResult replay_simulated(const Trace& trace, SimMode mode, const Policy& policy, bool timeline) {
   SimResult timed = run(trace, mode, policy, false);

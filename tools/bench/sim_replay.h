@@ -27,6 +27,8 @@ struct HeldAt {
   std::string label;
   std::uint64_t held = 0;
   std::uint64_t in_use = 0;
+  std::uint64_t driver_calls = 0;  // driver allocations and frees so far
+  std::uint64_t app_calls = 0;     // application calls so far
 };
 
 struct SimResult {
@@ -60,6 +62,9 @@ struct SimResult {
   std::vector<Release> releases;
 
   std::uint64_t driver_calls() const { return driver_mallocs + driver_frees; }
+  // Driver calls and application calls between two marks (0, 0 if either is missing).
+  void calls_between(const std::string& from, const std::string& to, std::uint64_t* driver,
+                     std::uint64_t* app) const;
 };
 
 // Replays `trace` twice: once timed without instrumentation, once with the timeline (when

@@ -423,6 +423,7 @@ void gen_churn(Rng& rng, double scale, Builder& b) {
     live[slot] = b.alloc(log_uniform(rng, 512, 16 * kMiB), thread);
     b.advance(5);
   }
+  b.mark("steady-end");
   for (std::uint32_t id : live)
     b.free(id);
   quiet_end(b);

@@ -106,6 +106,19 @@ TEST(PagePool, SmallBlocksShareAPageOfARange) {
   expect_pages_consistent(t);
 }
 
+TEST(PagePool, AMissStartsInTheFreeMemoryBeforeTheNewPages) {
+  PagePool t;
+  void* a = t.alloc(3 * kMiB);  // 2 pages, 1 MiB of the second free
+  void* b = t.alloc(3 * kMiB);  // starts in that free MiB: one new page, not two
+  EXPECT_EQ(addr_of(b), addr_of(a) + 3 * kMiB);
+  EXPECT_EQ(t.pool.stats().pages, 3u);
+  void* c = t.alloc(2 * kMiB);  // the same again: fits the rest exactly
+  EXPECT_EQ(addr_of(c), addr_of(b) + 3 * kMiB);
+  EXPECT_EQ(t.pool.stats().pages, 4u);
+  expect_backed(t, {{a, 3 * kMiB}, {b, 3 * kMiB}, {c, 2 * kMiB}});
+  expect_pages_consistent(t);
+}
+
 TEST(PagePool, BlocksGetOnlyThePagesTheyNeed) {
   PagePool t;
   void* m = t.alloc(3 * kMiB);   // medium: 2 pages, not a 20 MiB segment
@@ -121,26 +134,27 @@ TEST(PagePool, BlocksGetOnlyThePagesTheyNeed) {
 TEST(PagePool, IdlePagesMoveToARequestOfAnotherSize) {
   PagePool t;
   void* a = t.alloc(100 * kMiB);
+  void* k = t.alloc(12 * kMiB);  // in use between a and the rest of the range
   ASSERT_EQ(t.free(a), Status::kOk);
   ASSERT_TRUE(t.pool.fence());
   // 120 MiB fits no free run: the 50 idle pages move, only the 10-page shortfall is created.
   void* b = t.alloc(120 * kMiB);
   PoolStats s = t.pool.stats();
-  EXPECT_EQ(s.pages, 60u);
-  EXPECT_EQ(s.page_creates, 60u);
+  EXPECT_EQ(s.pages, 66u);
+  EXPECT_EQ(s.page_creates, 66u);
   EXPECT_EQ(s.page_remaps, 50u);
   EXPECT_EQ(s.page_unmaps, 50u);
-  EXPECT_EQ(t.backend.counters().pages_mapped, 60u) << "a moved page kept its old mapping";
-  expect_backed(t, {{b, 120 * kMiB}});
+  EXPECT_EQ(t.backend.counters().pages_mapped, 66u) << "a moved page kept its old mapping";
+  expect_backed(t, {{b, 120 * kMiB}, {k, 12 * kMiB}});
   // A smaller request reuses a free run's front; the rest stays free and movable.
   ASSERT_EQ(t.free(b), Status::kOk);
   ASSERT_TRUE(t.pool.fence());
   void* c = t.alloc(30 * kMiB);
   void* d = t.alloc(90 * kMiB);
   s = t.pool.stats();
-  EXPECT_EQ(s.pages, 60u) << "held grew although idle pages covered the requests";
-  EXPECT_EQ(s.page_creates, 60u);
-  expect_backed(t, {{c, 30 * kMiB}, {d, 90 * kMiB}});
+  EXPECT_EQ(s.pages, 66u) << "held grew although idle pages covered the requests";
+  EXPECT_EQ(s.page_creates, 66u);
+  expect_backed(t, {{c, 30 * kMiB}, {d, 90 * kMiB}, {k, 12 * kMiB}});
   expect_pages_consistent(t);
 }
 
@@ -233,6 +247,8 @@ TEST(PagePool, EveryUnmapFollowsTheFenceOfTheFreesOnItsPages) {
 TEST(PagePool, NoPageMovesOrReturnsDuringACapture) {
   PagePool t;
   void* a = t.alloc(40 * kMiB);
+  void* k = t.alloc(12 * kMiB);  // keeps the next request from starting in a's free run
+  ASSERT_NE(k, nullptr);
   ASSERT_EQ(t.free(a), Status::kOk);
   ASSERT_TRUE(t.pool.fence());
   t.gate.begin_capture();
