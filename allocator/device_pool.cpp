@@ -422,14 +422,16 @@ Status DevicePool::allocate_slow_pages(PoolKind kind, std::size_t rounded, void*
     *ptr = reinterpret_cast<void*>(b->addr);
     return true;
   };
-  std::size_t need = round_up(rounded, page_size_) / page_size_;
   std::uint64_t pending;
   {
     std::lock_guard lock(mutex_);
     pending = stats_.pending;
   }
-  std::uint64_t fence_at =
-      std::max<std::uint64_t>(need * page_size_, kind == PoolKind::kLarge ? 0 : kFenceBatch);
+  // A fence frees what is pending, whose pages can then move to this request instead of new ones
+  // (a page created costs far more than a synchronisation): for large requests, as soon as a
+  // page is pending; small and medium misses wait for kFenceBatch, as with segments, so that
+  // synchronisations stay rare on their more frequent misses.
+  std::uint64_t fence_at = kind == PoolKind::kLarge ? page_size_ : kFenceBatch;
   if (pending >= fence_at && fence() && try_take(true)) return Status::kOk;
 
   std::lock_guard grow_lock(release_mutex_);
@@ -437,7 +439,7 @@ Status DevicePool::allocate_slow_pages(PoolKind kind, std::size_t rounded, void*
   std::vector<PageHandle> pages;  // gathered for the request, not yet mapped
   auto gather = [&](const Placement& at) {
     if (pages.size() >= at.pages) return;
-    steal_pages(at.pages, at, &pages);
+    steal_pages(at.pages, at, fence_at, &pages);
     bool over_limit = false;
     st = create_pages(at.pages - std::min(at.pages, pages.size()), &pages, &over_limit);
     if (st != Status::kOutOfMemory) return;
@@ -449,7 +451,7 @@ Status DevicePool::allocate_slow_pages(PoolKind kind, std::size_t rounded, void*
       SyncGate::SyncPermit permit(gate_);
       if (permit.allowed()) fence_with_permit();
     }
-    steal_pages(at.pages, at, &pages);
+    steal_pages(at.pages, at, 0, &pages);  // out of memory: whatever is pending
     st = create_pages(at.pages - std::min(at.pages, pages.size()), &pages, &over_limit);
   };
   // Gathering may change the layout (its fence frees blocks, stealing punches holes), and a hit
@@ -521,20 +523,25 @@ DevicePool::Placement DevicePool::place(PoolKind kind, std::size_t rounded) {
   return best;
 }
 
-void DevicePool::steal_pages(std::size_t want, const Placement& keep,
+void DevicePool::steal_pages(std::size_t want, const Placement& keep, std::uint64_t fence_at,
                              std::vector<PageHandle>* out) {
   std::vector<PageAt> taken;
+  bool sync;
   {
     std::lock_guard lock(mutex_);
     while (out->size() < want && !spare_pages_.empty()) {
       out->push_back(spare_pages_.back());
       spare_pages_.pop_back();
     }
-    if (out->size() >= want || idle_page_bytes_ == 0) return;
+    // A fence when enough is pending to be worth it (as on the miss path), or when blocks were
+    // freed without one (their pages may be unmapped only after it).
+    bool harvest = stats_.pending >= fence_at;
+    if (out->size() >= want || (idle_page_bytes_ == 0 && !harvest)) return;
+    sync = harvest || unfenced_frees_;
   }
   // Unmapping breaks a capture like a free, and must follow a fence of every free on the page.
   SyncGate::SyncPermit permit(gate_);
-  if (!permit.allowed() || !fence_with_permit(/*for_unmap=*/true)) return;
+  if (!permit.allowed() || (sync && !fence_with_permit(/*for_unmap=*/true))) return;
   {
     std::lock_guard lock(mutex_);
     if (unfenced_frees_) return;  // freed without a fence since: not now (a miss creates instead)

@@ -199,8 +199,10 @@ class DevicePool {
   std::size_t whole_pages(const Block* b) const;  // bytes of the pages wholly inside b
   Status allocate_slow_pages(PoolKind kind, std::size_t rounded, void** ptr);
   // Unmaps up to `want` idle pages (spare ones first) and appends them to *out, unmapped.
-  // (`keep`: the free blocks of a placement, whose pages stay where they are.)
-  void steal_pages(std::size_t want, const Placement& keep, std::vector<PageHandle>* out);
+  // (`keep`: the free blocks of a placement, whose pages stay where they are; fences first when
+  // at least `fence_at` bytes are pending.)
+  void steal_pages(std::size_t want, const Placement& keep, std::uint64_t fence_at,
+                   std::vector<PageHandle>* out);
   // Takes pages out of free blocks, oldest-freed first, until `want` are taken or none is left
   // (mutex_ held): the pages become holes; the caller unmaps them.
   void take_idle_pages(std::size_t want, const Placement& keep, std::vector<PageAt>* out);

@@ -32,8 +32,8 @@ class LogObserver final : public PoolObserver {
  public:
   void on_release(int device, ReleaseReason reason, std::uint64_t bytes,
                   std::uint64_t segments) override {
-    log_debug("device {}: released {} in {} segment(s) ({})", device, format_size(bytes), segments,
-              to_string(reason));
+    log_debug("device {}: released {} in {} driver allocation(s) ({})", device, format_size(bytes),
+              segments, to_string(reason));
     timeline_release(device, reason, bytes, segments);
   }
   void on_driver_error(int device, const char* operation, Status status) override {
