@@ -10,7 +10,7 @@ bool succeeded(Status s) {
   return s == Status::kOk || s == Status::kUnloading;
 }
 
-// Address space reserved at a time for the ranges of one kind (pages): reserving costs no
+// Address space reserved at a time for the medium and large ranges (pages): reserving costs no
 // memory, and one range serves many blocks; a larger request gets a range of its own size.
 constexpr std::size_t kRangeSize = 1 * kGiB;
 
@@ -121,8 +121,8 @@ DevicePool::Block* DevicePool::take_free_block(PoolKind kind, std::size_t rounde
   std::size_t max_size =
       kind == PoolKind::kLarge && page_size_ == 0 ? largest_acceptable_fit(rounded) : SIZE_MAX;
   Block* b = free_index(kind).take_best_fit(rounded, max_size);
-  if (page_size_ != 0 && kind == PoolKind::kSmall && (b == nullptr || b->in_idle_list))
-      [[unlikely]] {
+  if (page_size_ != 0 && kind == PoolKind::kSmall && (b == nullptr || b->in_idle_list) &&
+      !free_index(PoolKind::kMedium).empty()) [[unlikely]] {
     // Pages: rather than start on an idle page, a small request takes a free fragment of a
     // medium range (a free block holding no whole page: its pages are held for its neighbours).
     FreeIndex<Block>& medium = free_index(PoolKind::kMedium);
@@ -156,7 +156,7 @@ DevicePool::Block* DevicePool::split(Block* b, std::size_t head_size) {
 // Hands out the front of free block `b` (not in any index), returning the rest to the index.
 DevicePool::Block* DevicePool::carve(Block* b, std::size_t rounded) {
   Segment* s = b->segment;
-  if (page_size_ != 0 && b->size - rounded >= kAlignment) [[unlikely]] {
+  if (page_size_ != 0 && b->size - rounded >= page_size_) [[unlikely]] {
     // Pages: the end of the free block that leaves the rest more whole pages (to move or
     // return) and so makes the block touch fewer; the front when both are the same.
     auto whole = [&](std::uintptr_t lo, std::uintptr_t hi) {
@@ -172,7 +172,7 @@ DevicePool::Block* DevicePool::carve(Block* b, std::size_t rounded) {
     } else {
       index_free(split(b, rounded));
     }
-  } else if (s->kind != PoolKind::kLarge && b->size - rounded >= kAlignment) {
+  } else if ((s->kind != PoolKind::kLarge || page_size_ != 0) && b->size - rounded >= kAlignment) {
     index_free(split(b, rounded));
   }
   if (s->busy == 0 && page_size_ == 0) free_segment_bytes_ -= s->size;
@@ -220,7 +220,7 @@ DevicePool::Block* DevicePool::merge_free(Block* b) {
 // A free block enters its kind's index and, with pages, the idle list when it holds whole pages.
 void DevicePool::index_free(Block* b) {
   free_index(b->segment->kind).insert(b);
-  if (page_size_ == 0) return;
+  if (b->size < page_size_ || page_size_ == 0) return;  // (a block below a page holds none)
   if (std::size_t whole = whole_pages(b); whole != 0) {
     idle_page_bytes_ += whole;
     b->in_idle_list = true;
@@ -653,8 +653,7 @@ void DevicePool::unmap_taken(std::vector<PageAt>* taken) {
   stats_.pages_unmapped += unmapped;
 }
 
-Status DevicePool::create_pages(std::size_t count, std::vector<PageHandle>* out,
-                                bool* over_limit) {
+Status DevicePool::create_pages(std::size_t count, std::vector<PageHandle>* out, bool* over_limit) {
   *over_limit = false;
   if (count == 0) return Status::kOk;
   std::uint64_t bytes = count * page_size_;
@@ -690,7 +689,9 @@ Status DevicePool::map_pages(PoolKind kind, std::vector<PageHandle>* pages, cons
   const std::size_t bytes = count * page_size_;
   Block* hole = at.hole;
   if (hole == nullptr) {
-    std::size_t size = std::max(kRangeSize, bytes);
+    // Small ranges are one page each, so that their free runs stay in the index's bins (the hot
+    // path's O(1) lookup); the others reserve kRangeSize at a time.
+    std::size_t size = std::max(kind == PoolKind::kSmall ? page_size_ : kRangeSize, bytes);
     std::uintptr_t base = 0;
     Status st = backend_.reserve(device_, size, &base);
     if (st != Status::kOk) {
@@ -737,7 +738,7 @@ Status DevicePool::map_pages(PoolKind kind, std::vector<PageHandle>* pages, cons
         ++unmapped;
       } else {
         fate[i] = backend_.set_access(device_, a, page_size_) == Status::kOk ? Fate::kInPlace
-                                                                              : Fate::kLost;
+                                                                             : Fate::kLost;
       }
     }
     std::lock_guard lock(mutex_);
@@ -777,8 +778,7 @@ Status DevicePool::map_pages(PoolKind kind, std::vector<PageHandle>* pages, cons
 
 // Releases idle pages until idle <= keep_idle: spare pages first, then whole pages of free runs,
 // oldest-freed run first. Every unmap follows a fence of the frees on its page.
-std::uint64_t DevicePool::release_pages_with_permit(std::uint64_t keep_idle,
-                                                    ReleaseReason reason) {
+std::uint64_t DevicePool::release_pages_with_permit(std::uint64_t keep_idle, ReleaseReason reason) {
   {
     std::lock_guard lock(mutex_);
     if (stats_.held - stats_.in_use <= keep_idle) return 0;

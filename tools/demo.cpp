@@ -121,12 +121,15 @@ const char* env_or_null(const char* name) {
 // The stand-in's extension API, when the loaded libcudart.so.13 is the stand-in.
 struct StandinApi {
   int (*get_counters)(int, StandinCounters*) = nullptr;
+  int (*get_vmm_counters)(int, StandinVmmCounters*) = nullptr;  // with its VMM API
   void (*reset_counters)() = nullptr;
 
   static StandinApi find() {
     StandinApi api;
     api.get_counters =
         reinterpret_cast<int (*)(int, StandinCounters*)>(dlsym(RTLD_DEFAULT, "standinGetCounters"));
+    api.get_vmm_counters = reinterpret_cast<int (*)(int, StandinVmmCounters*)>(
+        dlsym(RTLD_DEFAULT, "standinGetVmmCounters"));
     api.reset_counters = reinterpret_cast<void (*)()>(dlsym(RTLD_DEFAULT, "standinResetCounters"));
     return api;
   }
@@ -135,6 +138,19 @@ struct StandinApi {
     StandinCounters c{};
     if (get_counters != nullptr) get_counters(-1, &c);
     return c;
+  }
+  StandinVmmCounters vmm_counters() const {
+    StandinVmmCounters c{};
+    if (get_vmm_counters != nullptr) get_vmm_counters(-1, &c);
+    return c;
+  }
+  // Driver allocations and frees: cudaMalloc/cudaFree, and the pool's pages (cuMemCreate and
+  // cuMemRelease), failed ones included.
+  std::uint64_t driver_calls() const {
+    StandinCounters c = counters();
+    StandinVmmCounters v = vmm_counters();
+    return c.mallocs + c.malloc_failures + c.frees + c.free_failures + v.creates +
+           v.create_failures + v.releases;
   }
 };
 
@@ -217,8 +233,7 @@ class HeldMeter {
   void begin_phase() {
     if (standin_) {
       if (api_.reset_counters != nullptr) api_.reset_counters();  // peak := held
-      StandinCounters c = api_.counters();
-      calls_at_start_ = calls(c);
+      calls_at_start_ = api_.driver_calls();
       peak_ = 0;
     } else {
       peak_ = held();
@@ -242,14 +257,11 @@ class HeldMeter {
   }
   long long phase_calls() const {
     if (!standin_) return -1;
-    return static_cast<long long>(calls(api_.counters()) - calls_at_start_);
+    return static_cast<long long>(api_.driver_calls() - calls_at_start_);
   }
   double overhead_ms() const { return overhead_ms_; }
 
  private:
-  static std::uint64_t calls(const StandinCounters& c) {
-    return c.mallocs + c.malloc_failures + c.frees + c.free_failures;
-  }
   // The runtime makes the device's primary context current in the thread that called it; should
   // it not have, make it current here so that cuMemGetInfo answers for the same device.
   void make_context_current() {
@@ -1192,8 +1204,8 @@ void print_table(const std::map<Mode, ChildResult>& results, const Args& args,
   else
     printf(
         "held = bytes the stand-in runtime has handed out (its counters); driver calls = "
-        "cudaMalloc + cudaFree that reached the runtime; stand-in latency per call: %s us "
-        "(--driver-latency-us)\n",
+        "cudaMalloc + cudaFree that reached the runtime, and cuMemCreate + cuMemRelease of the "
+        "pool's pages; stand-in latency per call: %s us (--driver-latency-us)\n",
         plan.standin_latency.c_str());
   printf(
       "phases: load 1.5 GiB of weights; burst 1 batch of 4; steady %d batches of 1; quiet "

@@ -182,7 +182,7 @@ TEST(Pages, EveryVmmCallMayFailWithoutHarm) {
     const unsigned long long injected_before = standinInjectedFaults();
     inject(kind, 1);
     std::vector<void*> blocks;
-    range += 256 * kMiB;                                   // larger than any range so far:
+    range += 256 * kMiB;                                       // larger than any range so far:
     for (std::size_t size : {200 * kMiB, range, 50 * kMiB}) {  // a new one is reserved
       void* p = nullptr;
       ASSERT_CUDA_OK(cudaMalloc(&p, size));
@@ -196,9 +196,9 @@ TEST(Pages, EveryVmmCallMayFailWithoutHarm) {
     ASSERT_CUDA_OK(cudaFree(again));
     EXPECT_EQ(cudaSuccess, cudaGetLastError());
     // Releases run on cudapool's thread: wait until one used the injected failure.
-    EXPECT_TRUE(wait_until(milliseconds(10000),
-                           [&] { return standinInjectedFaults() > injected_before; }))
-        << "the failure was never injected";
+    EXPECT_TRUE(wait_until(milliseconds(10000), [&] {
+      return standinInjectedFaults() > injected_before;
+    })) << "the failure was never injected";
     inject(kind, 0);
   }
   EXPECT_EQ(-1, pattern_mismatch(keep, 6 * kMiB, 3));

@@ -212,6 +212,8 @@ int replay_worker(const Args& in) {
   if (held.standin) {
     r["driver_mallocs"] = std::to_string(after.mallocs - before.mallocs);
     r["driver_frees"] = std::to_string(after.frees - before.frees);
+    r["maps"] = std::to_string(after.maps - before.maps);
+    r["unmaps"] = std::to_string(after.unmaps - before.unmaps);
     r["syncs"] = std::to_string(after.syncs - before.syncs);
   }
   printf("%s\n", row_line(r).c_str());
@@ -305,8 +307,8 @@ int check_reports(const std::vector<TraceReport>& reports) {
     }
     if (std::uint64_t held = mark_held(pool, "after-burst"); held != 0) {
       std::uint64_t in_use = mark_held(pool, "after-burst", true);
-      expect(held <= in_use + kLow + kMediumSegment,
-             rep.name + ": held after the burst above in use + low watermark + one segment");
+      expect(held <= in_use + kLow + kLargeGranularity,
+             rep.name + ": held after the burst above in use + low watermark + one page");
     }
     const Row* shim = nullptr;
     const Row* native = nullptr;
@@ -547,9 +549,18 @@ int replay_main(const Args& in) {
     }
     printf("%s", t.render().c_str());
     const SimResult& pool = rep.sim[0];
+    for (const SimResult& r : {rep.sim[0], rep.sim[1]}) {
+      std::uint64_t driver = 0, app = 0;
+      r.calls_between("steady", "steady-end", &driver, &app);
+      if (app != 0)
+        printf("steady phase, simulated %s: %llu driver calls for %llu application calls (%s)\n",
+               to_string(r.mode), static_cast<unsigned long long>(driver),
+               static_cast<unsigned long long>(app),
+               pct(static_cast<double>(driver), static_cast<double>(app)).c_str());
+    }
     if (mark_held(pool, "after-burst") != 0) {
-      std::uint64_t limit = mark_held(pool, "after-burst", true) + kLow + kMediumSegment;
-      printf("after the burst: held %s, in use %s: %s in use + low watermark + one segment (%s)\n",
+      std::uint64_t limit = mark_held(pool, "after-burst", true) + kLow + kLargeGranularity;
+      printf("after the burst: held %s, in use %s: %s in use + low watermark + one page (%s)\n",
              human_bytes(static_cast<double>(mark_held(pool, "after-burst"))).c_str(),
              human_bytes(static_cast<double>(mark_held(pool, "after-burst", true))).c_str(),
              mark_held(pool, "after-burst") <= limit ? "within" : "ABOVE",

@@ -170,6 +170,14 @@ StandinProbe StandinProbe::read() {
   p.present = true;
   p.mallocs = c.mallocs;
   p.frees = c.frees;
+  static auto get_vmm = reinterpret_cast<int (*)(int, StandinVmmCounters*)>(
+      dlsym(RTLD_DEFAULT, "standinGetVmmCounters"));
+  if (StandinVmmCounters v{}; get_vmm != nullptr && get_vmm(-1, &v) == 0) {
+    p.mallocs += v.creates;
+    p.frees += v.releases;
+    p.maps = v.maps;
+    p.unmaps = v.unmaps;
+  }
   p.syncs = c.device_syncs;
   p.held = c.bytes_held;
   p.peak_held = c.peak_bytes_held;

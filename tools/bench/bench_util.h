@@ -52,7 +52,9 @@ std::string find_cudapool(const std::string& given);
 // Stand-in runtime counters (null functions on NVIDIA's runtime).
 struct StandinProbe {
   bool present = false;
-  std::uint64_t mallocs = 0, frees = 0, syncs = 0, held = 0, peak_held = 0;
+  // mallocs/frees: driver allocations and frees, cudaMalloc/cudaFree and the pool's pages
+  // (cuMemCreate/cuMemRelease); maps/unmaps: cuMemMap/cuMemUnmap.
+  std::uint64_t mallocs = 0, frees = 0, maps = 0, unmaps = 0, syncs = 0, held = 0, peak_held = 0;
   static StandinProbe read();
 };
 

@@ -233,8 +233,8 @@ SimResult run(const Trace& trace, SimMode mode, const Policy& policy_in, bool in
 
 }  // namespace
 
-void SimResult::calls_between(const std::string& from, const std::string& to,
-                              std::uint64_t* driver, std::uint64_t* app) const {
+void SimResult::calls_between(const std::string& from, const std::string& to, std::uint64_t* driver,
+                              std::uint64_t* app) const {
   const HeldAt* a = nullptr;
   const HeldAt* b = nullptr;
   for (const HeldAt& h : at_marks) {
