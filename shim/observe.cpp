@@ -214,15 +214,21 @@ void Shim::finish_observability() {
           s.app_mallocs == 0 ? 0.0 : 100.0 * static_cast<double>(s.hits) / s.app_mallocs;
       log_info(
           "  device {}: peak held {}, peak in use {}; cudaMalloc {} (hits {}, {:.1f}%), cudaFree "
-          "{}; driver mallocs {}, frees {}; fences {}; releases {} ({} returned; watermark {}, "
+          "{}; driver mallocs {}, frees {}{}; fences {}; releases {} ({} returned; watermark {}, "
           "idle {}, pressure {}, limit {}, oom {}, trim {}); oom retries {}, limit hits {}; still "
           "in use {} in {} blocks",
           d.device, format_size(s.peak_held), format_size(s.peak_in_use), s.app_mallocs, s.hits,
-          hit_rate, s.app_frees, s.driver_mallocs, s.driver_frees, s.fences, s.releases,
-          format_size(s.released_bytes), s.releases_by_reason[0], s.releases_by_reason[1],
-          s.releases_by_reason[2], s.releases_by_reason[3], s.releases_by_reason[4],
-          s.releases_by_reason[5], s.oom_retries, s.limit_hits, format_size(s.in_use),
-          s.live_blocks);
+          hit_rate, s.app_frees, s.driver_mallocs, s.driver_frees,
+          s.page_size == 0
+              ? std::string()
+              : fmt::format("; pages of {}: {} held, {} created, {} released, {} "
+                            "mapped, {} unmapped, {} moved",
+                            format_size(s.page_size), s.pages, s.page_creates, s.page_releases,
+                            s.page_maps, s.page_unmaps, s.page_remaps),
+          s.fences, s.releases, format_size(s.released_bytes), s.releases_by_reason[0],
+          s.releases_by_reason[1], s.releases_by_reason[2], s.releases_by_reason[3],
+          s.releases_by_reason[4], s.releases_by_reason[5], s.oom_retries, s.limit_hits,
+          format_size(s.in_use), s.live_blocks);
     }
     if (snap.groups.empty()) {
       log_info("  no block was left unfreed");

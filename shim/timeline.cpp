@@ -132,11 +132,12 @@ void Timeline::write_once() {
     }
   }
   for (const Event& e : events)
-    std::fprintf(file_, "%.3f,%d,%s,,,,,%" PRIu64 ",%" PRIu64 "\n", e.time_s, e.device, e.kind,
+    std::fprintf(file_, "%.3f,%d,%s,,,,,%" PRIu64 ",%" PRIu64 ",\n", e.time_s, e.device, e.kind,
                  e.bytes, e.count);
   for (const TimelineSample& s : samples)
-    std::fprintf(file_, "%.3f,%d,sample,%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",,\n", t,
-                 s.device, s.stats.held, s.stats.in_use, s.stats.idle(), s.stats.pending);
+    std::fprintf(
+        file_, "%.3f,%d,sample,%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",,,%" PRIu64 "\n", t,
+        s.device, s.stats.held, s.stats.in_use, s.stats.idle(), s.stats.pending, s.stats.pages);
   std::fflush(file_);
   last_ = std::move(samples);
 }

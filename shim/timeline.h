@@ -23,7 +23,7 @@ namespace cudapool {
 
 // The header line of the CSV file (documented in docs/observability.md).
 inline constexpr const char* kTimelineHeader =
-    "time_s,device,kind,held,in_use,idle,pending,bytes,count";
+    "time_s,device,kind,held,in_use,idle,pending,bytes,count,pages";
 
 struct TimelineSample {
   int device = 0;

@@ -161,7 +161,7 @@ TEST(Timeline, ShowsAWatermarkReleaseAndHeldDropsAfterIt) {
                                                   {}});
   ASSERT_EQ(0, r.exit_code) << describe(r);
   const std::string text = read_file(csv);
-  ASSERT_EQ(0u, text.rfind("time_s,device,kind,held,in_use,idle,pending,bytes,count\n", 0))
+  ASSERT_EQ(0u, text.rfind("time_s,device,kind,held,in_use,idle,pending,bytes,count,pages\n", 0))
       << text.substr(0, 200);
   // held before and after the first watermark release.
   double release_at = -1;
@@ -169,8 +169,8 @@ TEST(Timeline, ShowsAWatermarkReleaseAndHeldDropsAfterIt) {
   std::istringstream lines(text);
   std::string line;
   std::getline(lines, line);
-  const std::regex sample("([0-9.]+),0,sample,([0-9]+),([0-9]+),([0-9]+),([0-9]+),,");
-  const std::regex release("([0-9.]+),0,watermark_release,,,,,([0-9]+),([0-9]+)");
+  const std::regex sample("([0-9.]+),0,sample,([0-9]+),([0-9]+),([0-9]+),([0-9]+),,,([0-9]+)");
+  const std::regex release("([0-9.]+),0,watermark_release,,,,,([0-9]+),([0-9]+),");
   std::smatch m;
   while (std::getline(lines, line)) {
     if (release_at < 0 && std::regex_match(line, m, release)) {
