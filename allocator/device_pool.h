@@ -180,6 +180,7 @@ class DevicePool {
   Block* split(Block* b, std::size_t head_size);
   void index_free(Block* b);
   void unindex_free(Block* b);
+  void link_idle(Block* b);
   void unlink_idle(Block* b);
   Block* new_block();
   void recycle_block(Block* b);
