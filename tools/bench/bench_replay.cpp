@@ -326,7 +326,9 @@ int check_reports(const std::vector<TraceReport>& reports) {
       double shim_driver = row_number(*shim, "driver_mallocs") + row_number(*shim, "driver_frees");
       double native_driver =
           row_number(*native, "driver_mallocs") + row_number(*native, "driver_frees");
-      if (row_number(*shim, "driver_mallocs") >= 0)
+      // Not on the burst: its 1 GiB high watermark returns each step's activations and the next
+      // step obtains them again, which on pages takes a driver call per 2 MiB (docs/pages.md).
+      if (row_number(*shim, "driver_mallocs") >= 0 && rep.name != "burst")
         expect(shim_driver < native_driver,
                rep.name + ": cudapool calls the driver less than pass-through");
       expect(shim->at("trim") == "pipe", rep.name + ": trim through the control pipe answered");
