@@ -14,8 +14,10 @@
 #                    the real cudaMalloc+cudaFree pair (the figures the CPU runs' stand-in latency
 #                    comes from), and what cudaGetDevice and cuCtxGetDevice cost
 #   replay_<trace>   each generated trace (burst, transformer, cnn, churn) through raw
-#                    cudaMalloc/cudaFree, cudapool, cudaMallocAsync (release threshold at its
-#                    maximum, then cudaMemPoolTrimTo) and PyTorch's caching allocator (torch.empty)
+#                    cudaMalloc/cudaFree, cudapool (on pages, the default where the GPU has virtual
+#                    memory management, and on segments: CUDAPOOL_VMM=off), cudaMallocAsync
+#                    (release threshold at its maximum, then cudaMemPoolTrimTo) and PyTorch's
+#                    caching allocator (torch.empty)
 #   infer_*          torchvision resnet50, batches of 4 then 1: PyTorch's caching allocator,
 #                    PYTORCH_NO_CUDA_MEMORY_CACHING=1 alone, and with cudapool
 # OUTDIR (default $OUT, else ./gpu-bench-results) gets <step>.log, summary.txt and all-logs.txt.
@@ -31,7 +33,7 @@ while [ $# -gt 0 ]; do
     --budget) BUDGET="$2"; shift 2 ;;
     --full) QUICK=""; shift ;;
     --quick) QUICK=--quick; shift ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) OUTDIR="$1"; shift ;;
   esac
 done
@@ -77,6 +79,8 @@ for trace in burst transformer cnn churn; do
   step "replay_${trace}_raw" 60 "$BENCH" worker replay --trace "$SCRATCH/$trace.csv"
   step "replay_${trace}_cudapool" 60 env "${POOL_ENV[@]}" LD_PRELOAD="$SHIM" \
     "$BENCH" worker replay --trace "$SCRATCH/$trace.csv"
+  step "replay_${trace}_cudapool_segments" 60 env "${POOL_ENV[@]}" CUDAPOOL_VMM=off \
+    LD_PRELOAD="$SHIM" "$BENCH" worker replay --trace "$SCRATCH/$trace.csv"
   step "replay_${trace}_async" 60 "$BENCH" worker replay --trace "$SCRATCH/$trace.csv" --mode async
   step "replay_${trace}_torch" 90 "$PYTHON" "$HERE/torch_bench.py" replay "$SCRATCH/$trace.csv"
 done
