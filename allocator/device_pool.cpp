@@ -29,6 +29,12 @@ std::uintptr_t round_down(std::uintptr_t a, std::size_t page) {
 std::uintptr_t round_up(std::uintptr_t a, std::size_t page) {
   return round_down(a + page - 1, page);
 }
+// Bytes of the pages wholly inside [lo, hi).
+std::size_t whole_between(std::uintptr_t lo, std::uintptr_t hi, std::size_t page) {
+  lo = round_up(lo, page);
+  hi = round_down(hi, page);
+  return hi > lo ? hi - lo : 0;
+}
 }  // namespace
 
 DevicePool::DevicePool(int device, Backend& backend, SyncGate& gate, const Policy& policy,
@@ -163,13 +169,9 @@ DevicePool::Block* DevicePool::carve(Block* b, std::size_t rounded) {
   if (page_size_ != 0 && b->size - rounded >= page_size_) [[unlikely]] {
     // Pages: the end of the free block that leaves the rest more whole pages (to move or
     // return) and so makes the block touch fewer; the front when both are the same.
-    auto whole = [&](std::uintptr_t lo, std::uintptr_t hi) {
-      lo = round_up(lo, page_size_);
-      hi = round_down(hi, page_size_);
-      return hi > lo ? hi - lo : 0;
-    };
     const std::uintptr_t end = b->addr + b->size;
-    if (whole(b->addr, end - rounded) > whole(b->addr + rounded, end)) {
+    if (whole_between(b->addr, end - rounded, page_size_) >
+        whole_between(b->addr + rounded, end, page_size_)) {
       Block* rest = b;
       b = split(rest, b->size - rounded);
       index_free(rest);
@@ -252,9 +254,7 @@ void DevicePool::unlink_idle(Block* b) {
 }
 
 std::size_t DevicePool::whole_pages(const Block* b) const {
-  std::uintptr_t lo = round_up(b->addr, page_size_);
-  std::uintptr_t hi = round_down(b->addr + b->size, page_size_);
-  return hi > lo ? hi - lo : 0;
+  return whole_between(b->addr, b->addr + b->size, page_size_);
 }
 
 DevicePool::Block* DevicePool::new_block() {

@@ -208,8 +208,7 @@ std::string format_snapshot_json(const Snapshot& s, std::size_t top) {
              ",\"map\":\"" + segment_map(seg, 64) + "\"";
       if (d.stats.page_size != 0)
         out += ",\"pages_in_use\":" + std::to_string(seg.pages_in_use) +
-               ",\"pages_idle\":" + std::to_string(seg.pages_idle) +
-               ",\"pages_unmapped\":" +
+               ",\"pages_idle\":" + std::to_string(seg.pages_idle) + ",\"pages_unmapped\":" +
                std::to_string(seg.size / d.stats.page_size - seg.pages_in_use - seg.pages_idle);
       out += ",\"ranges\":[";
       for (std::size_t r = 0; r < seg.ranges.size(); ++r) {

@@ -149,8 +149,8 @@ TEST(SimReplay, ChurnCallsTheDriverForAtMostOnePercentOfCalls) {
     std::uint64_t driver = 0, app = 0;
     r.calls_between("steady", "steady-end", &driver, &app);
     EXPECT_GT(app, 100000u) << to_string(mode);
-    EXPECT_LE(driver * 100, app) << to_string(mode) << ": " << driver
-                                 << " driver calls for " << app << " application calls";
+    EXPECT_LE(driver * 100, app) << to_string(mode) << ": " << driver << " driver calls for " << app
+                                 << " application calls";
   }
 }
 
