@@ -38,21 +38,29 @@ constexpr size_t kG = 2 * kMiB;  // the default granularity
 constexpr size_t kReserve = 64 * kGiB;
 
 // Holds a stream's queue until open(): work queued behind it has not run, however slow the
-// machine (a host function on the stream waits for the flag).
+// machine (a host function on the stream waits for the flag). The destructor opens it and waits
+// until the host function has let go of the gate.
 class Gate {
  public:
   explicit Gate(cudaStream_t s) {
     EXPECT_EQ(cudaLaunchHostFunc(s, &Gate::wait, this), cudaSuccess);
   }
-  ~Gate() { open(); }
+  ~Gate() {
+    open();
+    while (!done_.load())
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
   void open() { open_.store(true); }
 
  private:
   static void wait(void* self) {
-    while (!static_cast<Gate*>(self)->open_.load())
+    auto* gate = static_cast<Gate*>(self);
+    while (!gate->open_.load())
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    gate->done_.store(true);  // the last touch of the gate
   }
   std::atomic<bool> open_{false};
+  std::atomic<bool> done_{false};
 };
 
 // ---- the driver, as a program finds it ---------------------------------------------------------
