@@ -68,13 +68,18 @@ void Releaser::tick(std::uint64_t now) {
     for (Tracked& t : pools_)
       pools.push_back(&t);  // elements are never removed
   }
+  FrameworkCache* framework = framework_.load(std::memory_order_acquire);
+  if (framework != nullptr) framework->tick(now);
   for (Tracked* t : pools) {
     if (stopping_.load(std::memory_order_acquire)) return;
     DevicePool& pool = *t->pool;
     if (pool.capture_active()) continue;  // retried once the capture ends
+    FrameworkUsage fw;
+    if (framework != nullptr) fw = framework->usage(pool.device());
     std::uint64_t activity = pool.activity();
-    if (activity != t->last_activity) {
+    if (activity != t->last_activity || (fw.known && fw.activity != t->framework_activity)) {
       t->last_activity = activity;
+      t->framework_activity = fw.activity;
       t->last_activity_ms = now;
       t->idle_release_done = false;
     }
@@ -84,9 +89,11 @@ void Releaser::tick(std::uint64_t now) {
     // An allocation since the last pass ends the burst: the application is using memory again.
     if (stats.app_mallocs != t->last_mallocs) t->armed = false;
     t->last_mallocs = stats.app_mallocs;
-    std::uint64_t idle = stats.idle();
+    // The framework's cached bytes are in use to the pool and idle to the rules.
+    std::uint64_t cached = std::min(fw.cached(), stats.in_use);
+    std::uint64_t idle = stats.idle() + cached;
     if (idle > policy.high_watermark) t->armed = true;
-    PolicyInput in{stats.held, stats.in_use, now, t->last_activity_ms};
+    PolicyInput in{stats.held, stats.in_use - cached, now, t->last_activity_ms};
     in.watermark_armed = t->armed;
     if (policy.min_device_free != 0) {
       std::uint64_t free = 0, total = 0;
@@ -110,12 +117,26 @@ void Releaser::tick(std::uint64_t now) {
     if (attempt && d.reason == ReleaseReason::kIdleTimer && t->idle_release_done) attempt = false;
     PoolStats after = stats;
     if (attempt) {
+      // A cache the retry interval keeps from being asked now is asked by a later pass: this pass
+      // then leaves the hold-back as it was.
+      bool framework_waits = false;
+      if (cached != 0) {
+        framework_waits =
+            t->framework_release_ms != 0 && now < t->framework_release_ms + kFrameworkRetryMs;
+        if (!framework_waits) {
+          t->framework_release_ms = now;
+          fw = framework->release(pool.device());  // its blocks come back as frees
+          cached = fw.cached();
+        }
+      }
       std::uint64_t released = 0;
-      if (pool.releasable_hint() != 0) released = pool.release_idle(d.keep_idle, d.reason);
+      std::uint64_t keep = d.keep_idle > cached ? d.keep_idle - cached : 0;
+      if (pool.releasable_hint() != 0) released = pool.release_idle(keep, d.reason);
       if (d.reason == ReleaseReason::kIdleTimer) t->idle_release_done = true;
       after = pool.stats();
-      std::uint64_t left = after.idle();
-      if (left > d.keep_idle && left > trigger) {
+      cached = std::min(cached, after.in_use);
+      std::uint64_t left = after.idle() + cached;
+      if (left > d.keep_idle && left > trigger && !framework_waits) {
         // Short of the target. Frees that arrived during the release count above the floor.
         t->held_back = true;
         t->floor_idle = std::min(left, idle - std::min(idle, released));
@@ -130,7 +151,7 @@ void Releaser::tick(std::uint64_t now) {
       t->last_free_ms = now;
     }
     if (t->armed && !freed && now >= t->last_free_ms + kTickMs) {
-      std::uint64_t left = after.idle();
+      std::uint64_t left = after.idle() + cached;
       std::uint64_t hint = pool.releasable_hint();
       if (left <= policy.low_watermark || hint == 0 ||
           (t->held_back && nothing_new_to_release(left, hint, t->floor_idle, t->floor_hint))) {

@@ -28,6 +28,12 @@
 // hold-back never strands releasable memory. It ends when idle falls to the trigger.
 // The idle timer fires once per quiet period (also while the watermark holds back); device
 // pressure is checked on every pass.
+// A framework's cache (set_framework, framework_cache.h): its cached-but-unallocated bytes count
+// as idle (and not in use) in every rule, and a change of its activity counter as activity. When a
+// rule fires while the framework caches something, the pass first asks the framework to empty its
+// cache (at most once per kFrameworkRetryMs per pool: a cache that cannot shrink is not asked on
+// every pass), then releases the pool's own idle memory down to the rule's target less what the
+// framework still caches.
 #pragma once
 
 #include <atomic>
@@ -37,12 +43,14 @@
 #include <mutex>
 
 #include "allocator/device_pool.h"
+#include "allocator/framework_cache.h"
 
 namespace cudapool {
 
 class Releaser {
  public:
   static constexpr std::uint64_t kTickMs = 100;
+  static constexpr std::uint64_t kFrameworkRetryMs = 1000;
 
   Releaser() = default;
   Releaser(const Releaser&) = delete;
@@ -54,6 +62,10 @@ class Releaser {
   // Asks for a pass soon. Safe from any thread.
   void wake() {
     if (!wake_pending_.exchange(true, std::memory_order_acq_rel)) notify();
+  }
+  // The cache of a framework above the pools, or null (the default). Set before start().
+  void set_framework(FrameworkCache* framework) {
+    framework_.store(framework, std::memory_order_release);
   }
   // Stops acting (process exit): no release starts after this returns.
   void stop() { stopping_.store(true, std::memory_order_release); }
@@ -76,6 +88,8 @@ class Releaser {
     bool held_back = false;          // the last release fell short: floor_idle, floor_hint apply
     std::uint64_t floor_idle = 0;
     std::uint64_t floor_hint = 0;
+    std::uint64_t framework_activity = 0;    // FrameworkUsage::activity at the last pass
+    std::uint64_t framework_release_ms = 0;  // time of the last framework release (0: none yet)
   };
 
   void notify();
@@ -88,6 +102,7 @@ class Releaser {
   bool started_ = false;
   std::atomic<bool> wake_pending_{false};
   std::atomic<bool> stopping_{false};
+  std::atomic<FrameworkCache*> framework_{nullptr};
 };
 
 }  // namespace cudapool

@@ -648,5 +648,178 @@ TEST_F(ReleaserTest, FreesDuringAReleaseAreReleasedByTheNextPass) {
   EXPECT_EQ(pool.stats().held, 0u);
 }
 
+// ---- A framework's cache above the pool (framework_cache.h) -----------------------------------
+
+// A caching allocator above the pool, as PyTorch's: it keeps the blocks it got from the pool after
+// the application frees them, until release() empties it.
+class FakeFramework final : public FrameworkCache {
+ public:
+  explicit FakeFramework(SimPool& t) : t_(t) {}
+
+  // The application takes `count` blocks of 1 MiB and gives them back to the cache.
+  void churn(int count) {
+    for (int i = 0; i < count; ++i) {
+      cache_.push_back(t_.alloc(kMiB));
+      ++activity_;
+    }
+  }
+  void use_cached_block() { ++activity_; }  // a hit in the cache: the pool sees nothing
+  void set_can_release(bool can) { can_release_ = can; }
+  int releases() const { return releases_; }
+  int ticks() const { return ticks_; }
+  std::uint64_t cached_bytes() const { return cache_.size() * kMiB; }
+
+  void tick(std::uint64_t) override { ++ticks_; }
+  FrameworkUsage usage(int device) override {
+    EXPECT_EQ(device, 0);
+    return FrameworkUsage{true, cache_.size() * kMiB, 0, activity_};
+  }
+  FrameworkUsage release(int device) override {
+    ++releases_;
+    if (can_release_) {
+      for (void* p : cache_)
+        EXPECT_EQ(t_.free(p), Status::kOk);
+      cache_.clear();
+    }
+    return usage(device);
+  }
+
+ private:
+  SimPool& t_;
+  std::vector<void*> cache_;
+  std::uint64_t activity_ = 0;
+  bool can_release_ = true;
+  int releases_ = 0;
+  int ticks_ = 0;
+};
+
+TEST_F(ReleaserTest, FrameworkCacheAboveTheHighWatermarkIsEmptiedThenReleasedToLow) {
+  Policy p = quiet_policy();
+  p.high_watermark = 8 * kMiB;
+  p.low_watermark = 2 * kMiB;
+  SimPool t(p);
+  FakeFramework fw(t);
+  releaser_.set_framework(&fw);
+  releaser_.add_pool(&t.pool);
+  fw.churn(10);  // the pool: 10 MiB in use, nothing idle
+  ASSERT_EQ(t.pool.stats().idle(), 0u);
+
+  releaser_.tick(base_);
+  EXPECT_EQ(fw.ticks(), 1);
+  EXPECT_EQ(fw.releases(), 1);
+  PoolStats s = t.pool.stats();
+  EXPECT_EQ(s.in_use, 0u);
+  EXPECT_EQ(s.held, 2 * kMiB);
+  EXPECT_EQ(by_reason(s, ReleaseReason::kWatermark), 1u);
+  expect_consistent(t.pool, t.backend);
+}
+
+TEST_F(ReleaserTest, FrameworkCacheBelowTheHighWatermarkStays) {
+  Policy p = quiet_policy();
+  p.high_watermark = 8 * kMiB;
+  SimPool t(p);
+  FakeFramework fw(t);
+  releaser_.set_framework(&fw);
+  releaser_.add_pool(&t.pool);
+  fw.churn(8);  // idle to the rules: exactly the high watermark
+  releaser_.tick(base_);
+  releaser_.tick(base_ + 2000);
+  EXPECT_EQ(fw.releases(), 0);
+  EXPECT_EQ(t.pool.stats().held, 8 * kMiB);
+}
+
+TEST_F(ReleaserTest, FrameworkActivityKeepsTheIdleTimerFromFiring) {
+  Policy p = quiet_policy();
+  p.idle_release_ms = 1000;
+  p.low_watermark = 0;
+  SimPool t(p);
+  FakeFramework fw(t);
+  releaser_.set_framework(&fw);
+  releaser_.add_pool(&t.pool);
+  fw.churn(4);
+  releaser_.tick(base_);
+  // The application keeps allocating from the cache: the pool sees no call at all.
+  for (std::uint64_t ms = 500; ms <= 3000; ms += 500) {
+    fw.use_cached_block();
+    releaser_.tick(base_ + ms);
+  }
+  EXPECT_EQ(fw.releases(), 0);
+  EXPECT_EQ(t.pool.stats().held, 4 * kMiB);
+
+  // It stops: one quiet period later the timer empties the cache and releases.
+  releaser_.tick(base_ + 3999);
+  EXPECT_EQ(fw.releases(), 0);
+  releaser_.tick(base_ + 4000);
+  EXPECT_EQ(fw.releases(), 1);
+  PoolStats s = t.pool.stats();
+  EXPECT_EQ(s.held, 0u);
+  EXPECT_EQ(by_reason(s, ReleaseReason::kIdleTimer), 1u);
+}
+
+TEST_F(ReleaserTest, CacheThatCannotShrinkIsNotAskedAgainUntilItGrows) {
+  Policy p = quiet_policy();
+  p.high_watermark = 8 * kMiB;
+  p.low_watermark = 2 * kMiB;
+  SimPool t(p);
+  FakeFramework fw(t);
+  fw.set_can_release(false);
+  releaser_.set_framework(&fw);
+  releaser_.add_pool(&t.pool);
+  fw.churn(10);
+  releaser_.tick(base_);
+  EXPECT_EQ(fw.releases(), 1);
+  // The watermark holds back: the same idle amount is not asked for again.
+  for (std::uint64_t ms = 100; ms <= 3000; ms += Releaser::kTickMs)
+    releaser_.tick(base_ + ms);
+  EXPECT_EQ(fw.releases(), 1);
+  EXPECT_EQ(t.pool.stats().held, 10 * kMiB);  // nothing of the pool's own is idle
+  EXPECT_EQ(t.backend.counters().releases, 0u);
+
+  // The cache grows (by whole segments): asked again, but not more often than once per retry
+  // interval.
+  fw.churn(2);
+  releaser_.tick(base_ + 3100);
+  EXPECT_EQ(fw.releases(), 2);
+  fw.churn(2);
+  releaser_.tick(base_ + 3200);
+  releaser_.tick(base_ + 3100 + Releaser::kFrameworkRetryMs - 1);
+  EXPECT_EQ(fw.releases(), 2);
+  releaser_.tick(base_ + 3100 + Releaser::kFrameworkRetryMs);
+  EXPECT_EQ(fw.releases(), 3);
+}
+
+TEST_F(ReleaserTest, PoolKeepsTheTargetLessWhatTheFrameworkStillCaches) {
+  Policy p = quiet_policy();
+  p.high_watermark = 8 * kMiB;
+  p.low_watermark = 4 * kMiB;
+  SimPool t(p);
+  FakeFramework fw(t);
+  fw.set_can_release(false);
+  releaser_.set_framework(&fw);
+  releaser_.add_pool(&t.pool);
+  fw.churn(2);                                          // cached, and stays cached: 2 MiB
+  std::vector<void*> blocks = alloc_mib_blocks(t, 10);  // the pool's own: 5 segments
+  free_range(t, blocks, 0, 10);                         // idle 10 + 2 cached > high
+
+  releaser_.tick(base_);
+  EXPECT_EQ(fw.releases(), 1);
+  PoolStats s = t.pool.stats();
+  EXPECT_EQ(s.idle(), 2 * kMiB);  // the low watermark's 4 MiB: 2 in the pool, 2 in the cache
+  EXPECT_EQ(s.in_use, fw.cached_bytes());
+}
+
+TEST_F(ReleaserTest, WithoutAFrameworkNothingIsAsked) {
+  Policy p = quiet_policy();
+  p.high_watermark = 8 * kMiB;
+  SimPool t(p);
+  FakeFramework fw(t);
+  releaser_.add_pool(&t.pool);  // no set_framework
+  fw.churn(10);
+  releaser_.tick(base_);
+  EXPECT_EQ(fw.ticks(), 0);
+  EXPECT_EQ(fw.releases(), 0);
+  EXPECT_EQ(t.pool.stats().held, 10 * kMiB);
+}
+
 }  // namespace
 }  // namespace cudapool
