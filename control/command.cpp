@@ -226,7 +226,10 @@ CommandResult execute_command(const Command& command, ControlTarget& target) {
           result.body += "device=" + std::to_string(t.device) +
                          " released=" + std::to_string(t.released) +
                          " held=" + std::to_string(t.held_after) +
-                         " idle=" + std::to_string(t.idle_after) + "\n";
+                         " idle=" + std::to_string(t.idle_after);
+          if (t.framework)
+            result.body += " framework_reserved=" + std::to_string(t.framework_reserved_after);
+          result.body += "\n";
         }
         result.body +=
             "released=" + std::to_string(released) + " (" + format_size(released) + ")\n";

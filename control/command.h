@@ -65,6 +65,10 @@ struct DeviceReport {
   Policy policy;
   std::uint64_t device_total = 0;  // bytes; 0 when unknown
   std::uint64_t device_free = 0;   // whole device, every process; 0 when unknown
+  // The framework whose cache sits above the pool (shim/frameworks.h), or empty.
+  std::string framework;
+  std::uint64_t framework_reserved = 0;   // bytes the framework holds from the pool
+  std::uint64_t framework_allocated = 0;  // of those, bytes it has handed out
 };
 
 struct TrimReport {
@@ -72,6 +76,8 @@ struct TrimReport {
   std::uint64_t released = 0;    // bytes returned to the driver by this trim
   std::uint64_t held_after = 0;  // bytes the pool still holds
   std::uint64_t idle_after = 0;
+  bool framework = false;                 // a framework's cache was emptied first
+  std::uint64_t framework_reserved_after = 0;
 };
 
 // What a command acts on: the shim in the library, a fake in the tests.

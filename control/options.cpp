@@ -55,6 +55,8 @@ constexpr std::string_view accepted_forms(OptionType type) {
       return "fence, immediate";
     case OptionType::kVmm:
       return "auto, on, off";
+    case OptionType::kFramework:
+      return "auto, off";
     case OptionType::kLogLevel:
       return "trace, debug, info, warn, error, off";
     case OptionType::kString:
@@ -82,6 +84,9 @@ bool parse_value(std::string_view text, ReuseMode* out, std::string* error) {
 bool parse_value(std::string_view text, VmmMode* out, std::string* error) {
   return parse_vmm_mode(text, out, error);
 }
+bool parse_value(std::string_view text, FrameworkMode* out, std::string* error) {
+  return parse_framework_mode(text, out, error);
+}
 bool parse_value(std::string_view text, LogLevel* out, std::string* error) {
   return parse_log_level(text, out, error);
 }
@@ -106,6 +111,9 @@ std::string format_value(ReuseMode value) {
   return std::string(to_string(value));
 }
 std::string format_value(VmmMode value) {
+  return std::string(to_string(value));
+}
+std::string format_value(FrameworkMode value) {
   return std::string(to_string(value));
 }
 std::string format_value(LogLevel value) {
@@ -249,6 +257,18 @@ bool parse_vmm_mode(std::string_view text, VmmMode* out, std::string* error) {
     if (equals_ignore_case(text, to_string(mode))) return *out = mode, true;
   }
   return fail(error, "not a VMM mode");
+}
+
+std::string_view to_string(FrameworkMode mode) {
+  return mode == FrameworkMode::kOff ? "off" : "auto";
+}
+
+bool parse_framework_mode(std::string_view text, FrameworkMode* out, std::string* error) {
+  text = trim(text);
+  for (FrameworkMode mode : {FrameworkMode::kAuto, FrameworkMode::kOff}) {
+    if (equals_ignore_case(text, to_string(mode))) return *out = mode, true;
+  }
+  return fail(error, "not a framework mode");
 }
 
 std::string_view to_string(LogLevel level) {

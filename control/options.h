@@ -57,6 +57,9 @@
   X(VMM, vmm, Vmm, "auto", false,                                                                  \
     "Back blocks with 2 MiB physical pages (CUDA virtual memory) so held follows in use: auto "    \
     "(where the device supports it), on (warn where not), off (whole segments; for CUDA IPC).")    \
+  X(FRAMEWORK, framework, Framework, "auto", false,                                                \
+    "auto: where the process runs CPython with PyTorch or CuPy, their caches count as idle "       \
+    "memory, and the release rules and trim empty them first (docs/frameworks.md); off: not.")    \
   X(LOG_LEVEL, log_level, LogLevel, "info", true,                                                  \
     "Least severe messages logged: trace, debug, info (the start-up line and rare events), "       \
     "warn, error or off.")                                                                         \
@@ -86,7 +89,17 @@ namespace cudapool {
 
 inline constexpr std::string_view kEnvPrefix = "CUDAPOOL_";
 
-enum class OptionType { kBool, kSize, kDuration, kReuse, kVmm, kLogLevel, kString, kBacktrace };
+enum class OptionType {
+  kBool,
+  kSize,
+  kDuration,
+  kReuse,
+  kVmm,
+  kFramework,
+  kLogLevel,
+  kString,
+  kBacktrace
+};
 
 // BACKTRACE: off, on (every block) or on for blocks of at least min_size bytes.
 struct BacktraceMode {
@@ -97,6 +110,8 @@ struct BacktraceMode {
 // ReuseMode { kFence, kImmediate } is the pool's own type (allocator/types.h): REUSE feeds
 // Policy::reuse directly.
 enum class LogLevel { kTrace, kDebug, kInfo, kWarn, kError, kOff };
+// FRAMEWORK: the framework adapters (shim/frameworks.h) where a framework is found, or never.
+enum class FrameworkMode { kAuto, kOff };
 
 // The C++ type of an option's field, by OptionType.
 template <OptionType>
@@ -120,6 +135,10 @@ struct OptionValueOf<OptionType::kReuse> {
 template <>
 struct OptionValueOf<OptionType::kVmm> {
   using type = VmmMode;
+};
+template <>
+struct OptionValueOf<OptionType::kFramework> {
+  using type = FrameworkMode;
 };
 template <>
 struct OptionValueOf<OptionType::kLogLevel> {
@@ -172,6 +191,8 @@ bool parse_backtrace_mode(std::string_view text, BacktraceMode* out,
                           std::string* error);  // off/on/0/1/..., or a size
 std::string_view to_string(ReuseMode mode);
 std::string_view to_string(VmmMode mode);
+bool parse_framework_mode(std::string_view text, FrameworkMode* out, std::string* error);  // auto, off
+std::string_view to_string(FrameworkMode mode);
 std::string_view to_string(LogLevel level);
 
 // Returns the value of an environment variable or null (getenv's contract).

@@ -187,6 +187,14 @@ std::vector<Metric> device_metrics(const DeviceReport& d) {
        p.reuse == ReuseMode::kImmediate ? 1u : 0u},
   };
   m.insert(m.end(), std::begin(policy), std::end(policy));
+  if (!d.framework.empty()) {
+    m.push_back({"framework_reserved", "cudapool_framework_reserved_bytes", "gauge",
+                 "Bytes the framework's cache (PyTorch, CuPy) holds from the pool.", "framework",
+                 d.framework, d.framework_reserved});
+    m.push_back({"framework_allocated", "cudapool_framework_allocated_bytes", "gauge",
+                 "Of the framework's bytes, those it has handed out.", "framework", d.framework,
+                 d.framework_allocated});
+  }
   return m;
 }
 
@@ -205,6 +213,7 @@ std::string format_stats_text(const ProcessReport& report) {
     }
     out += " reuse=";
     out += to_string(d.policy.reuse);
+    if (!d.framework.empty()) out += " framework=" + d.framework;
     out += '\n';
   }
   return out;
@@ -228,6 +237,10 @@ std::string format_stats_json(const ProcessReport& report) {
     }
     out += ",\"reuse\":";
     append_json_string(&out, to_string(d.policy.reuse));
+    if (!d.framework.empty()) {
+      out += ",\"framework\":";
+      append_json_string(&out, d.framework);
+    }
     out += '}';
   }
   out += "]}\n";
@@ -362,6 +375,9 @@ bool parse_stats_text(std::string_view text, ProcessSummary* out) {
       parse_u64(kv["held"], &d.held);
       parse_u64(kv["in_use"], &d.in_use);
       parse_u64(kv["idle"], &d.idle);
+      d.framework = std::string(kv["framework"]);
+      parse_u64(kv["framework_reserved"], &d.framework_reserved);
+      parse_u64(kv["framework_allocated"], &d.framework_allocated);
       out->devices.push_back(d);
     }
   }

@@ -54,6 +54,9 @@ struct DeviceSummary {
   std::uint64_t held = 0;
   std::uint64_t in_use = 0;
   std::uint64_t idle = 0;
+  std::string framework;  // empty: no framework cache above the pool
+  std::uint64_t framework_reserved = 0;
+  std::uint64_t framework_allocated = 0;
 };
 struct ProcessSummary {
   int pid = 0;

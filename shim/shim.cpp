@@ -12,6 +12,7 @@
 #include "control/log.h"
 #include "control/pipe_server.h"
 #include "control/size.h"
+#include "shim/python.h"
 #include "shim/timeline.h"
 #include "shim/trace_recorder.h"
 
@@ -71,7 +72,10 @@ __attribute__((destructor)) void warn_if_never_called() {
 }  // namespace
 
 Shim::Shim(const RealRuntime& rt, const Options& options)
-    : rt_(rt), options_(options), backend_(rt), observer_(std::make_unique<LogObserver>()) {}
+    : rt_(rt), options_(options), backend_(rt), observer_(std::make_unique<LogObserver>()) {
+  if (options.framework == FrameworkMode::kAuto) frameworks_ = Frameworks::create();
+  releaser_.set_framework(frameworks_.get());
+}
 
 void Shim::note_called() {
   if (!g_ever_started.load(std::memory_order_relaxed))
@@ -142,6 +146,7 @@ void Shim::on_fork_child() {
   g_shim.store(nullptr, std::memory_order_relaxed);
   g_init_state.store(kUninitialised, std::memory_order_relaxed);
   reset_real_runtime_after_fork();
+  python::after_fork_child();
   log_reopen_after_fork();
 }
 
@@ -149,6 +154,7 @@ void Shim::on_exit() {
   g_exiting.store(true, std::memory_order_release);
   if (Shim* s = g_shim.load(std::memory_order_acquire)) {
     s->releaser_.stop();
+    if (s->frameworks_ != nullptr) s->frameworks_->stop();
     s->finish_observability();
     trace_recorder_flush();
     if (s->control_ != nullptr) s->control_->shutdown();  // stops commands, removes the FIFO
@@ -176,6 +182,7 @@ DevicePool* Shim::create_pool(int device) {
   pool_slots_.store(std::max(pool_slots_.load(std::memory_order_relaxed), device + 1),
                     std::memory_order_release);
   releaser_.add_pool(p);
+  if (frameworks_ != nullptr) frameworks_->add_device(device);
   releaser_.start();
   log_debug("device {}: pool ready ({} total, {} free; {})", device, format_size(total),
             format_size(free),

@@ -21,6 +21,7 @@
 #include "control/options.h"
 #include "shim/cuda_backend.h"
 #include "shim/current_device.h"
+#include "shim/frameworks.h"
 #include "shim/real_runtime.h"
 
 namespace cudapool {
@@ -99,6 +100,7 @@ class Shim final : public ControlTarget {
   CurrentDevice current_device_{rt_};
   SyncGate gate_;
   Releaser releaser_;
+  std::unique_ptr<Frameworks> frameworks_;  // PyTorch's and CuPy's caches, or null (no Python)
   std::unique_ptr<PoolObserver> observer_;
   std::mutex pools_mutex_;  // serialises pool creation
   std::atomic<DevicePool*> pools_[kMaxDevices] = {};

@@ -59,6 +59,13 @@ std::vector<DeviceReport> Shim::devices() {
     r.device_total = device_totals_[d];
     std::uint64_t free = 0, total = 0;
     if (pool->device_memory(&free, &total) == Status::kOk) r.device_free = free;
+    if (frameworks_ != nullptr) {
+      if (FrameworkUsage fw = frameworks_->usage(d); fw.known) {
+        r.framework = frameworks_->attached();
+        r.framework_reserved = fw.reserved;
+        r.framework_allocated = fw.allocated;
+      }
+    }
     reports.push_back(r);
   }
   return reports;
@@ -71,6 +78,10 @@ bool Shim::trim(int device, const SizeSpec& keep, std::vector<TrimReport>* out,
     *error = "device " + std::to_string(device) + " has no pool";
     return false;
   }
+  // The framework's cache first: its blocks come back to the pools as frees, and what it keeps
+  // counts against `keep`. Never during a capture (PyTorch does not empty its cache then either).
+  const bool framework = frameworks_ != nullptr && !gate_.capture_active();
+  if (framework) frameworks_->release(device);
   bool capture_blocked = false;
   for (int d = 0; d < slots; ++d) {
     if (device >= 0 && d != device) continue;
@@ -82,7 +93,14 @@ bool Shim::trim(int device, const SizeSpec& keep, std::vector<TrimReport>* out,
     }
     TrimReport t;
     t.device = d;
-    t.released = pool->release_idle(keep.resolve(device_totals_[d]), ReleaseReason::kTrim);
+    std::uint64_t keep_idle = keep.resolve(device_totals_[d]);
+    if (framework) {
+      const FrameworkUsage fw = frameworks_->usage(d);
+      t.framework = fw.known;
+      t.framework_reserved_after = fw.reserved;
+      keep_idle -= std::min(keep_idle, fw.cached());
+    }
+    t.released = pool->release_idle(keep_idle, ReleaseReason::kTrim);
     const PoolStats stats = pool->stats();
     t.held_after = stats.held;
     t.idle_after = stats.idle();

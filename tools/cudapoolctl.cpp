@@ -290,19 +290,24 @@ void print_pretty_stats(const std::string& text) {
 }
 
 void print_summary_header() {
-  std::printf("%-8s %-16s %-6s %12s %12s %12s\n", "PID", "COMMAND", "DEVICE", "HELD", "IN USE",
-              "IDLE");
+  std::printf("%-8s %-16s %-6s %12s %12s %12s  %s\n", "PID", "COMMAND", "DEVICE", "HELD", "IN USE",
+              "IDLE", "FRAMEWORK RESERVED/ALLOCATED");
 }
 
 void print_summary(const ProcessSummary& s) {
   if (s.devices.empty()) {
-    std::printf("%-8d %-16s %-6s %12s %12s %12s\n", s.pid, s.command.c_str(), "-", "-", "-", "-");
+    std::printf("%-8d %-16s %-6s %12s %12s %12s  -\n", s.pid, s.command.c_str(), "-", "-", "-",
+                "-");
     return;
   }
   for (const DeviceSummary& d : s.devices) {
-    std::printf("%-8d %-16s %-6d %12s %12s %12s\n", s.pid, s.command.c_str(), d.device,
+    const std::string framework =
+        d.framework.empty() ? "-"
+                            : d.framework + " " + short_size(d.framework_reserved) + "/" +
+                                  short_size(d.framework_allocated);
+    std::printf("%-8d %-16s %-6d %12s %12s %12s  %s\n", s.pid, s.command.c_str(), d.device,
                 short_size(d.held).c_str(), short_size(d.in_use).c_str(),
-                short_size(d.idle).c_str());
+                short_size(d.idle).c_str(), framework.c_str());
   }
 }
 

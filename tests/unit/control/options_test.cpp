@@ -75,6 +75,8 @@ std::string bad_value_for(OptionType type) {
       return "sometimes";
     case OptionType::kVmm:
       return "maybe";
+    case OptionType::kFramework:
+      return "on";
     case OptionType::kLogLevel:
       return "loud";
     case OptionType::kString:
@@ -97,6 +99,7 @@ const std::map<std::string, std::pair<std::string, std::string>>& non_default_va
       {"LIMIT", {"12.5%", "12.5%"}},
       {"REUSE", {"IMMEDIATE", "immediate"}},
       {"VMM", {"Off", "off"}},
+      {"FRAMEWORK", {" OFF", "off"}},
       {"LOG_LEVEL", {"Debug", "debug"}},
       {"LOG_FILE", {"/var/log/cudapool.log", "/var/log/cudapool.log"}},
       {"TRACE_FILE", {"/tmp/trace-%p.csv", "/tmp/trace-%p.csv"}},
@@ -204,7 +207,7 @@ TEST(OptionTable, DescribeIsOneLineWithEveryOption) {
   EXPECT_EQ(line.find('\n'), std::string::npos);
   EXPECT_EQ(line.rfind("disable=0 high_watermark=4GiB low_watermark=1GiB ", 0), 0u) << line;
   EXPECT_NE(line.find(" idle_release_ms=30000 "), std::string::npos) << line;
-  EXPECT_NE(line.find(" reuse=fence vmm=auto log_level=info log_file=\"\" control=1 "),
+  EXPECT_NE(line.find(" reuse=fence vmm=auto framework=auto log_level=info log_file=\"\" control=1 "),
             std::string::npos)
       << line;
   for (const OptionInfo& info : option_table()) {
@@ -466,6 +469,12 @@ TEST(ValueParsers, BoolsEnumsAndLevels) {
   EXPECT_TRUE(parse_vmm_mode("off", &vmm, nullptr));
   EXPECT_EQ(vmm, VmmMode::kOff);
   EXPECT_FALSE(parse_vmm_mode("pages", &vmm, nullptr));
+  FrameworkMode framework = FrameworkMode::kAuto;
+  EXPECT_TRUE(parse_framework_mode("Off", &framework, nullptr));
+  EXPECT_EQ(framework, FrameworkMode::kOff);
+  EXPECT_TRUE(parse_framework_mode("auto", &framework, nullptr));
+  EXPECT_EQ(framework, FrameworkMode::kAuto);
+  EXPECT_FALSE(parse_framework_mode("torch", &framework, nullptr));
 }
 
 // ---- Control directory -----------------------------------------------------------------------
