@@ -223,10 +223,9 @@ CommandResult execute_command(const Command& command, ControlTarget& target) {
         std::uint64_t released = 0;
         for (const TrimReport& t : trimmed) {
           released += t.released;
-          result.body += "device=" + std::to_string(t.device) +
-                         " released=" + std::to_string(t.released) +
-                         " held=" + std::to_string(t.held_after) +
-                         " idle=" + std::to_string(t.idle_after);
+          result.body +=
+              "device=" + std::to_string(t.device) + " released=" + std::to_string(t.released) +
+              " held=" + std::to_string(t.held_after) + " idle=" + std::to_string(t.idle_after);
           if (t.framework)
             result.body += " framework_reserved=" + std::to_string(t.framework_reserved_after);
           result.body += "\n";

@@ -76,7 +76,7 @@ struct TrimReport {
   std::uint64_t released = 0;    // bytes returned to the driver by this trim
   std::uint64_t held_after = 0;  // bytes the pool still holds
   std::uint64_t idle_after = 0;
-  bool framework = false;                 // a framework's cache was emptied first
+  bool framework = false;  // a framework's cache was emptied first
   std::uint64_t framework_reserved_after = 0;
 };
 

@@ -191,7 +191,8 @@ bool parse_backtrace_mode(std::string_view text, BacktraceMode* out,
                           std::string* error);  // off/on/0/1/..., or a size
 std::string_view to_string(ReuseMode mode);
 std::string_view to_string(VmmMode mode);
-bool parse_framework_mode(std::string_view text, FrameworkMode* out, std::string* error);  // auto, off
+bool parse_framework_mode(std::string_view text, FrameworkMode* out,
+                          std::string* error);  // auto, off
 std::string_view to_string(FrameworkMode mode);
 std::string_view to_string(LogLevel level);
 

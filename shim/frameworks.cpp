@@ -128,9 +128,9 @@ FrameworkUsage Frameworks::release(int device) {
   const std::uint64_t ticket = ++release_requested_;
   start_thread_locked();
   work_cv_.notify_one();
-  const bool done =
-      done_cv_.wait_for(lock, std::chrono::milliseconds(kReleaseWaitMs),
-                        [&] { return runs_done_ >= ticket || stopping_ || state_ == State::kOff; });
+  const bool done = done_cv_.wait_for(lock, std::chrono::milliseconds(kReleaseWaitMs), [&] {
+    return runs_done_ >= ticket || stopping_ || state_ == State::kOff;
+  });
   if (!done && !wait_logged_) {
     wait_logged_ = true;
     log_warn(
@@ -162,9 +162,8 @@ std::string Frameworks::code(std::uint64_t devices, bool empty) const {
   for (int a = 0; a < kAdapterCount; ++a) {
     if ((quiet_ & (1u << a)) != 0) continue;
     const std::string name = kAdapters[a].name;
-    c += "rows = []\ntry:\n" + indent(kAdapters[a].body) +
-         "except Exception as e:\n    err += '" + name +
-         " %s: %s\\n' % (type(e).__name__, e)\nelse:\n    out += ''.join('" + name +
+    c += "rows = []\ntry:\n" + indent(kAdapters[a].body) + "except Exception as e:\n    err += '" +
+         name + " %s: %s\\n' % (type(e).__name__, e)\nelse:\n    out += ''.join('" + name +
          " %d %d %d %d\\n' % r for r in rows)\n";
   }
   return c;
@@ -203,8 +202,7 @@ void Frameworks::take_result(const std::string& out, const std::string& error) {
     pos = nl + 1;
     for (int a = 0; a < kAdapterCount; ++a) {
       const std::string name = kAdapters[a].name;
-      if (line.compare(0, name.size() + 1, name + " ") != 0 || (quiet_ & (1u << a)) != 0)
-        continue;
+      if (line.compare(0, name.size() + 1, name + " ") != 0 || (quiet_ & (1u << a)) != 0) continue;
       quiet_ |= 1u << a;
       log_warn("framework adapter {}: {}; it reads and empties that cache no more", name,
                line.substr(name.size() + 1));
@@ -213,14 +211,17 @@ void Frameworks::take_result(const std::string& out, const std::string& error) {
   for (int a = 0; a < kAdapterCount; ++a) {
     const unsigned bit = 1u << a;
     if ((attached & bit) != 0 && (attached_ & bit) == 0)
-      log_info("framework adapter {}: its cache counts as idle memory in cudapool's rules, which "
-               "empty it before they release",
-               kAdapters[a].name);
+      log_info(
+          "framework adapter {}: its cache counts as idle memory in cudapool's rules, which "
+          "empty it before they release",
+          kAdapters[a].name);
   }
   attached_ = attached;
   std::copy(std::begin(fresh), std::end(fresh), std::begin(usage_));
-  if (attached != 0) state_ = State::kAttached;
-  else if (state_ == State::kAttached) state_ = State::kSearching;
+  if (attached != 0)
+    state_ = State::kAttached;
+  else if (state_ == State::kAttached)
+    state_ = State::kSearching;
   if (quiet_ == (1u << kAdapterCount) - 1) state_ = State::kOff;  // every adapter raised
 }
 
@@ -228,9 +229,8 @@ void Frameworks::run() {
   pthread_setname_np(pthread_self(), "cudapool-py");
   std::unique_lock lock(mutex_);
   for (;;) {
-    work_cv_.wait(lock, [&] {
-      return stopping_ || read_requested_ || release_requested_ > runs_done_;
-    });
+    work_cv_.wait(lock,
+                  [&] { return stopping_ || read_requested_ || release_requested_ > runs_done_; });
     if (stopping_ || state_ == State::kOff) return;
     const std::uint64_t ticket = release_requested_;
     const bool empty = ticket > runs_done_;
@@ -254,8 +254,7 @@ void Frameworks::run() {
         log_info("framework adapters off: {}", r.error);
         break;
     }
-    if (state_ == State::kOff)
-      std::fill(std::begin(usage_), std::end(usage_), FrameworkUsage{});
+    if (state_ == State::kOff) std::fill(std::begin(usage_), std::end(usage_), FrameworkUsage{});
     runs_done_ = std::max(runs_done_, ticket);
     done_cv_.notify_all();
   }

@@ -53,9 +53,9 @@ class Frameworks final : public FrameworkCache {
   enum class State { kSearching, kAttached, kOff };
 
   explicit Frameworks(const python::Api& api) : api_(api) {}
-  void run();                      // the adapters' thread
+  void run();  // the adapters' thread
   void start_thread_locked();
-  std::string code(std::uint64_t devices, bool empty) const;  // the adapters of one run
+  std::string code(std::uint64_t devices, bool empty) const;           // the adapters of one run
   void take_result(const std::string& out, const std::string& error);  // under mutex_
 
   const python::Api& api_;

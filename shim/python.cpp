@@ -16,9 +16,9 @@ struct PyMethodDef {
   int ml_flags;
   const char* ml_doc;
 };
-constexpr int kMethNoArgs = 0x0004;    // METH_NOARGS
-constexpr int kPyFileInput = 257;      // Py_file_input
-using GilState = int;                  // PyGILState_STATE
+constexpr int kMethNoArgs = 0x0004;  // METH_NOARGS
+constexpr int kPyFileInput = 257;    // Py_file_input
+using GilState = int;                // PyGILState_STATE
 
 struct Api {
   int (*Py_IsInitialized)();
@@ -141,7 +141,7 @@ RunResult attach(const Api& api) {
 }  // namespace
 
 const Api* find_api() {
-  static const Api* api = [] () -> const Api* {
+  static const Api* api = []() -> const Api* {
     static Api a;
     bool ok = resolve(&a.Py_IsInitialized, "Py_IsInitialized") &&
               resolve(&a.PyGILState_Ensure, "PyGILState_Ensure") &&
@@ -159,7 +159,8 @@ const Api* find_api() {
               resolve(&a.PyErr_Clear, "PyErr_Clear") && resolve(&a.Py_IncRef, "Py_IncRef") &&
               resolve(&a.Py_DecRef, "Py_DecRef") && resolve(&a.none, "_Py_NoneStruct");
     if (!ok) return nullptr;
-    if (!resolve(&a.is_finalizing, "Py_IsFinalizing")) resolve(&a.is_finalizing, "_Py_IsFinalizing");
+    if (!resolve(&a.is_finalizing, "Py_IsFinalizing"))
+      resolve(&a.is_finalizing, "_Py_IsFinalizing");
     return &a;
   }();
   return api;

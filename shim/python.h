@@ -1,4 +1,5 @@
-// The CPython interpreter of the host process, as the framework adapters use it (docs/frameworks.md).
+// The CPython interpreter of the host process, as the framework adapters use it
+// (docs/frameworks.md).
 //
 // The C API is found with dlsym(RTLD_DEFAULT): the python3 executable exports it, and so does a
 // shared libpython in the global scope. cudapool never loads a libpython and includes no Python

@@ -301,10 +301,10 @@ void print_summary(const ProcessSummary& s) {
     return;
   }
   for (const DeviceSummary& d : s.devices) {
-    const std::string framework =
-        d.framework.empty() ? "-"
-                            : d.framework + " " + short_size(d.framework_reserved) + "/" +
-                                  short_size(d.framework_allocated);
+    const std::string framework = d.framework.empty()
+                                      ? "-"
+                                      : d.framework + " " + short_size(d.framework_reserved) + "/" +
+                                            short_size(d.framework_allocated);
     std::printf("%-8d %-16s %-6d %12s %12s %12s  %s\n", s.pid, s.command.c_str(), d.device,
                 short_size(d.held).c_str(), short_size(d.in_use).c_str(),
                 short_size(d.idle).c_str(), framework.c_str());

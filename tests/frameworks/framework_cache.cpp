@@ -37,7 +37,9 @@ std::mutex g_mutex;
 Device g_devices[kMaxDevices];
 std::unordered_map<void*, Block> g_live;
 
-std::size_t round_up(std::size_t n) { return (n + 511) / 512 * 512; }
+std::size_t round_up(std::size_t n) {
+  return (n + 511) / 512 * 512;
+}
 
 // Frees the cached blocks of `device` (-1: every device), as empty_cache does.
 void empty_locked(int device) {

@@ -207,8 +207,9 @@ TEST(OptionTable, DescribeIsOneLineWithEveryOption) {
   EXPECT_EQ(line.find('\n'), std::string::npos);
   EXPECT_EQ(line.rfind("disable=0 high_watermark=4GiB low_watermark=1GiB ", 0), 0u) << line;
   EXPECT_NE(line.find(" idle_release_ms=30000 "), std::string::npos) << line;
-  EXPECT_NE(line.find(" reuse=fence vmm=auto framework=auto log_level=info log_file=\"\" control=1 "),
-            std::string::npos)
+  EXPECT_NE(
+      line.find(" reuse=fence vmm=auto framework=auto log_level=info log_file=\"\" control=1 "),
+      std::string::npos)
       << line;
   for (const OptionInfo& info : option_table()) {
     std::string field(info.name);
