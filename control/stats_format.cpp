@@ -176,8 +176,8 @@ std::vector<Metric> device_metrics(const DeviceReport& d) {
        "", p.high_watermark},
       {"low_watermark", "cudapool_low_watermark_bytes", "gauge", "Policy: low watermark.", "", "",
        p.low_watermark},
-      {"idle_release_ms", "cudapool_idle_release_milliseconds", "gauge",
-       "Policy: idle timer (0 = off).", "", "", p.idle_release_ms},
+      {"idle_release_ms", "cudapool_idle_release_seconds", "gauge", "Policy: idle timer (0 = off).",
+       "", "", p.idle_release_ms, 1000},
       {"min_device_free", "cudapool_min_device_free_bytes", "gauge",
        "Policy: minimum device free (0 = off).", "", "", p.min_device_free},
       {"limit", "cudapool_limit_bytes", "gauge", "Policy: limit per device (0 = none).", "", "",
@@ -205,6 +205,7 @@ std::string format_stats_text(const ProcessReport& report) {
     }
     out += " reuse=";
     out += to_string(d.policy.reuse);
+    if (!d.uuid.empty()) out += " uuid=" + sanitize_process_name(d.uuid);
     out += '\n';
   }
   return out;
@@ -228,6 +229,10 @@ std::string format_stats_json(const ProcessReport& report) {
     }
     out += ",\"reuse\":";
     append_json_string(&out, to_string(d.policy.reuse));
+    if (!d.uuid.empty()) {
+      out += ",\"uuid\":";
+      append_json_string(&out, d.uuid);
+    }
     out += '}';
   }
   out += "]}\n";
@@ -235,6 +240,9 @@ std::string format_stats_json(const ProcessReport& report) {
 }
 
 std::string format_stats_prometheus(const ProcessReport& report) {
+  std::string process_labels = "pid=\"" + std::to_string(report.pid) + "\",command=\"";
+  append_label_value(&process_labels, report.command);
+  process_labels += '"';
   // Families in first-seen order, each with its samples.
   std::vector<std::pair<const Metric*, std::string>> families;  // first metric, sample lines
   std::vector<std::vector<Metric>> per_device;
@@ -243,14 +251,20 @@ std::string format_stats_prometheus(const ProcessReport& report) {
     per_device.push_back(device_metrics(d));
   std::map<std::string_view, std::size_t> index;
   for (std::size_t di = 0; di < report.devices.size(); ++di) {
+    const DeviceReport& device = report.devices[di];
     for (const Metric& m : per_device[di]) {
       auto [it, added] = index.emplace(m.family, families.size());
       if (added) families.emplace_back(&m, std::string());
       std::string& lines = families[it->second].second;
       lines += m.family;
-      lines += "{pid=\"" + std::to_string(report.pid) + "\",command=\"";
-      append_label_value(&lines, report.command);
-      lines += "\",device=\"" + std::to_string(report.devices[di].device) + "\"";
+      lines += '{';
+      lines += process_labels;
+      lines += ",gpu=\"" + std::to_string(device.device) + "\"";
+      if (!device.uuid.empty()) {
+        lines += ",UUID=\"";
+        append_label_value(&lines, device.uuid);
+        lines += '"';
+      }
       if (!m.label.empty()) {
         lines += ',';
         lines += m.label;
@@ -258,10 +272,13 @@ std::string format_stats_prometheus(const ProcessReport& report) {
         append_label_value(&lines, m.label_value);
         lines += '"';
       }
-      lines += "} " + std::to_string(m.value) + "\n";
+      lines += "} " + format_decimal_ratio(m.value, m.divisor) + "\n";
     }
   }
-  std::string out;
+  std::string out =
+      "# HELP cudapool_build_info The cudapool library a process runs (version label), "
+      "value 1.\n# TYPE cudapool_build_info gauge\ncudapool_build_info{" +
+      process_labels + ",version=\"" CUDAPOOL_VERSION "\"} 1\n";
   for (const auto& [metric, lines] : families) {
     out += "# HELP ";
     out += metric->family;
@@ -274,6 +291,44 @@ std::string format_stats_prometheus(const ProcessReport& report) {
     out += '\n';
     out += lines;
   }
+  return out;
+}
+
+std::string format_decimal_ratio(std::uint64_t value, std::uint64_t divisor) {
+  if (divisor <= 1) return std::to_string(value);
+  std::string out = std::to_string(value / divisor);
+  std::uint64_t rest = value % divisor;
+  if (rest == 0) return out;
+  out += '.';
+  // Digits of rest / divisor until nothing is left (exact for divisors made of 2s and 5s, such as
+  // 1000; others stop after 18 digits).
+  for (int digits = 0; rest != 0 && digits < 18; ++digits) {
+    rest *= 10;
+    out += static_cast<char>('0' + rest / divisor);
+    rest %= divisor;
+  }
+  return out;
+}
+
+std::string format_gpu_uuid(const unsigned char (&bytes)[16]) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out = "GPU-";
+  for (int i = 0; i < 16; ++i) {
+    if (i == 4 || i == 6 || i == 8 || i == 10) out += '-';
+    out += kHex[bytes[i] >> 4];
+    out += kHex[bytes[i] & 15];
+  }
+  return out;
+}
+
+std::string format_up_metric(int pid, std::string_view command, bool up) {
+  std::string out =
+      "# HELP cudapool_up 1 when the process's control pipe answered the scrape in time, else 0.\n"
+      "# TYPE cudapool_up gauge\ncudapool_up{pid=\"" +
+      std::to_string(pid) + "\",command=\"";
+  append_label_value(&out, command);
+  out += "\"} ";
+  out += up ? "1\n" : "0\n";
   return out;
 }
 
