@@ -321,14 +321,43 @@ std::string format_gpu_uuid(const unsigned char (&bytes)[16]) {
   return out;
 }
 
-std::string format_up_metric(int pid, std::string_view command, bool up) {
-  std::string out =
-      "# HELP cudapool_up 1 when the process's control pipe answered the scrape in time, else 0.\n"
-      "# TYPE cudapool_up gauge\ncudapool_up{pid=\"" +
-      std::to_string(pid) + "\",command=\"";
-  append_label_value(&out, command);
-  out += "\"} ";
-  out += up ? "1\n" : "0\n";
+std::string format_up_metric(int pid, bool up) {
+  return "# HELP cudapool_up 1 when the process's control pipe answered the scrape in time, else "
+         "0.\n# TYPE cudapool_up gauge\ncudapool_up{pid=\"" +
+         std::to_string(pid) + (up ? "\"} 1\n" : "\"} 0\n");
+}
+
+std::string escape_label_value(std::string_view value) {
+  std::string out;
+  append_label_value(&out, value);
+  return out;
+}
+
+std::string add_prometheus_labels(std::string_view exposition, std::string_view labels) {
+  std::string out;
+  out.reserve(exposition.size() + exposition.size() / 4);
+  while (!exposition.empty()) {
+    const std::size_t nl = exposition.find('\n');
+    const std::string_view line = exposition.substr(0, nl);
+    exposition = nl == std::string_view::npos ? std::string_view() : exposition.substr(nl + 1);
+    const std::size_t end = line.find_first_of("{ ");
+    if (labels.empty() || line.empty() || line.front() == '#' || end == 0 ||
+        end == std::string_view::npos || !is_sample(line, end)) {
+      out += line;
+    } else if (line[end] == '{') {
+      out += line.substr(0, end + 1);
+      out += labels;
+      if (line.size() > end + 1 && line[end + 1] != '}') out += ',';
+      out += line.substr(end + 1);
+    } else {
+      out += line.substr(0, end);
+      out += '{';
+      out += labels;
+      out += '}';
+      out += line.substr(end);
+    }
+    out += '\n';
+  }
   return out;
 }
 

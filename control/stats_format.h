@@ -56,9 +56,17 @@ std::string format_decimal_ratio(std::uint64_t value, std::uint64_t divisor);
 // A device UUID (16 bytes) as nvidia-smi and DCGM print it: "GPU-" then 8-4-4-4-12 hex digits.
 std::string format_gpu_uuid(const unsigned char (&bytes)[16]);
 
-// The collector's verdict on one process, in Prometheus text: cudapool_up{pid,command} 1 when its
-// pipe answered in time, 0 when it did not (stuck, refused, gone mid-scrape).
-std::string format_up_metric(int pid, std::string_view command, bool up);
+// The collector's verdict on one process, in Prometheus text: cudapool_up{pid} 1 when its pipe
+// answered in time, 0 when it did not (stuck, refused, gone mid-scrape). Labelled by pid alone,
+// so that the series is the same whether or not the process could say its name.
+std::string format_up_metric(int pid, bool up);
+
+// `labels` (`a="x",b="y"`, already escaped) added first to every sample of an exposition; other
+// lines unchanged. For the collector's own labels (the pod of a control folder).
+std::string add_prometheus_labels(std::string_view exposition, std::string_view labels);
+
+// Escapes a label value for the text format (backslash, double quote, newline).
+std::string escape_label_value(std::string_view value);
 
 // Joins Prometheus expositions (each one valid on its own) so that each family's HELP and TYPE
 // appear once and its samples stay together. Lines that are neither comments nor samples are

@@ -179,11 +179,26 @@ TEST(StatsFormat, GpuUuidAsNvidiaPrintsIt) {
 
 TEST(StatsFormat, UpMetricIsOneDocument) {
   const std::string merged =
-      merge_prometheus({format_up_metric(5, "a\"b", true), format_up_metric(6, "c", false)});
+      merge_prometheus({format_up_metric(5, true), format_up_metric(6, false)});
   expect_valid_prometheus(merged);
-  EXPECT_NE(std::string::npos, merged.find("cudapool_up{pid=\"5\",command=\"a\\\"b\"} 1\n"))
-      << merged;
-  EXPECT_NE(std::string::npos, merged.find("cudapool_up{pid=\"6\",command=\"c\"} 0\n")) << merged;
+  EXPECT_NE(std::string::npos, merged.find("cudapool_up{pid=\"5\"} 1\n")) << merged;
+  EXPECT_NE(std::string::npos, merged.find("cudapool_up{pid=\"6\"} 0\n")) << merged;
+}
+
+TEST(StatsFormat, CollectorLabelsGoOnEverySampleOnly) {
+  const std::string text = add_prometheus_labels(
+      "# HELP a_total x {y}\n# TYPE a_total counter\na_total{pid=\"1\"} 3\nb 4\nc{} 5\n",
+      "pod=\"" + escape_label_value("we\"ird") + "\"");
+  EXPECT_EQ(
+      "# HELP a_total x {y}\n# TYPE a_total counter\na_total{pod=\"we\\\"ird\",pid=\"1\"} 3\n"
+      "b{pod=\"we\\\"ird\"} 4\nc{pod=\"we\\\"ird\"} 5\n",
+      text);
+  const std::string whole = add_prometheus_labels(format_stats_prometheus(sample_report()),
+                                                  "namespace=\"ml\",pod=\"server-0\"");
+  expect_valid_prometheus(whole);
+  EXPECT_NE(std::string::npos,
+            whole.find("cudapool_held_bytes{namespace=\"ml\",pod=\"server-0\",pid=\"77\""))
+      << whole;
 }
 
 TEST(StatsFormat, MergedPrometheusOfSeveralProcessesIsValid) {
