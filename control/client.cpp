@@ -145,11 +145,19 @@ ClientReply request(const std::string& path, std::string_view command,
       unlink(path.c_str());
     }
   } cleanup{reply_path};
-  // The server answers FIFOs of its own user only: root asking another user's process hands the
-  // FIFO over.
+  // The server answers FIFOs of its own user: root asking another user's process hands the FIFO
+  // over. In a folder shared with a group (the pipe is group-writable), another member's FIFO is
+  // answered when it belongs to that group and only the group can write it: 0620.
   if (geteuid() == 0 && pipe_st.st_uid != 0 &&
       chown(reply_path.c_str(), pipe_st.st_uid, pipe_st.st_gid) != 0) {
     reply.error = "cannot give the reply FIFO to uid " + std::to_string(pipe_st.st_uid);
+    return reply;
+  }
+  if (geteuid() != 0 && pipe_st.st_uid != geteuid() && (pipe_st.st_mode & S_IWGRP) != 0 &&
+      (chown(reply_path.c_str(), static_cast<uid_t>(-1), pipe_st.st_gid) != 0 ||
+       chmod(reply_path.c_str(), 0620) != 0)) {
+    reply.error = "cannot give the reply FIFO to the control folder's group " +
+                  std::to_string(pipe_st.st_gid);
     return reply;
   }
   cleanup.fd = open(reply_path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);

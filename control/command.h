@@ -65,6 +65,7 @@ struct DeviceReport {
   Policy policy;
   std::uint64_t device_total = 0;  // bytes; 0 when unknown
   std::uint64_t device_free = 0;   // whole device, every process; 0 when unknown
+  std::string uuid;                // "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"; empty when unknown
   // The framework whose cache sits above the pool (shim/frameworks.h), or empty.
   std::string framework;
   std::uint64_t framework_reserved = 0;   // bytes the framework holds from the pool

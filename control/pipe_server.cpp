@@ -11,6 +11,7 @@
 #include <cstring>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "control/log.h"
 
@@ -60,9 +61,26 @@ void consume_sigpipe() {
   }
 }
 
+bool in_my_groups(gid_t gid) {
+  if (gid == getegid()) return true;
+  const int n = getgroups(0, nullptr);
+  if (n <= 0) return false;
+  std::vector<gid_t> groups(static_cast<std::size_t>(n));
+  const int got = getgroups(n, groups.data());
+  for (int i = 0; i < got; ++i)
+    if (groups[static_cast<std::size_t>(i)] == gid) return true;
+  return false;
+}
+
+std::string mode_text(mode_t mode) {
+  char text[8];
+  std::snprintf(text, sizeof text, "%04o", static_cast<unsigned>(mode & 07777));
+  return text;
+}
+
 }  // namespace
 
-bool prepare_control_dir(const std::string& dir, std::string* error) {
+bool prepare_control_dir(const std::string& dir, std::string* error, ControlDirAccess* access) {
   if (dir.empty() || dir.front() != '/')
     return fail(error, "control folder \"" + dir + "\" is not an absolute path");
   if (mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST)
@@ -72,22 +90,37 @@ bool prepare_control_dir(const std::string& dir, std::string* error) {
     return fail(error, "cannot inspect control folder " + dir + ": " + errno_text(errno));
   if (S_ISLNK(st.st_mode)) return fail(error, "control folder " + dir + " is a symlink; refused");
   if (!S_ISDIR(st.st_mode)) return fail(error, "control folder " + dir + " is not a folder");
-  if (st.st_uid != geteuid()) {
-    return fail(error, "control folder " + dir + " belongs to uid " + std::to_string(st.st_uid) +
-                           ", not to this process's uid " + std::to_string(geteuid()) +
-                           "; refused");
+  if ((st.st_mode & S_IWOTH) != 0) {
+    return fail(error, "control folder " + dir + " has mode " + mode_text(st.st_mode) +
+                           " (writable by others); it must be 0700, or 2770 for a group; refused");
   }
-  if ((st.st_mode & 022) != 0) {
-    char mode[8];
-    std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
-    return fail(error, "control folder " + dir + " has mode " + mode +
-                           " (writable by others); it must be 0700; refused");
+  const bool my_group = in_my_groups(st.st_gid);
+  const bool group_shared = my_group && (st.st_mode & S_IRWXG) == S_IRWXG;
+  if (st.st_uid != geteuid() && !group_shared) {
+    return fail(
+        error,
+        "control folder " + dir + " belongs to uid " + std::to_string(st.st_uid) +
+            ", not to this process's uid " + std::to_string(geteuid()) +
+            (my_group
+                 ? ", and its group may not use it (mode " + mode_text(st.st_mode) + ", needs 2770)"
+                 : ", nor to one of its groups (gid " + std::to_string(st.st_gid) + ")") +
+            "; refused");
+  }
+  if ((st.st_mode & S_IWGRP) != 0 && !my_group) {
+    return fail(error, "control folder " + dir + " has mode " + mode_text(st.st_mode) +
+                           " and is writable by gid " + std::to_string(st.st_gid) +
+                           ", a group this process is not in; refused");
+  }
+  if (access != nullptr) {
+    access->shared = my_group && (st.st_mode & S_IRWXG) != 0;
+    access->gid = st.st_gid;
   }
   return true;
 }
 
 bool write_reply(const std::string& path, std::string_view text, std::string* error,
-                 std::chrono::milliseconds timeout) {
+                 std::chrono::milliseconds timeout, const std::string& shared_dir,
+                 unsigned shared_gid) {
   if (path.empty() || path.front() != '/')
     return fail(error, "reply path is not absolute: " + printable(path));
   struct stat before {};
@@ -97,7 +130,12 @@ bool write_reply(const std::string& path, std::string_view text, std::string* er
     return fail(error, "reply path " + printable(path) +
                            " is not a FIFO (symlink or file); "
                            "refused");
-  if (before.st_uid != geteuid())
+  // A group member's FIFO in the shared folder itself (not below it), that others cannot write.
+  const std::size_t slash = path.rfind('/');
+  const bool group_reply = !shared_dir.empty() && slash != std::string::npos &&
+                           path.compare(0, slash, shared_dir) == 0 && slash == shared_dir.size() &&
+                           before.st_gid == shared_gid && (before.st_mode & S_IWOTH) == 0;
+  if (before.st_uid != geteuid() && !group_reply)
     return fail(error, "reply FIFO " + printable(path) + " belongs to another user; refused");
   // A reader that opens the FIFO just after sending its command (`echo ... > pipe; cat reply`)
   // gets until the deadline to do so.
@@ -115,8 +153,9 @@ bool write_reply(const std::string& path, std::string_view text, std::string* er
                            (err == ENXIO ? std::string("nobody reads it") : errno_text(err)));
   }
   struct stat after {};
-  if (fstat(fd, &after) != 0 || !S_ISFIFO(after.st_mode) || after.st_uid != geteuid() ||
-      after.st_dev != before.st_dev || after.st_ino != before.st_ino) {
+  if (fstat(fd, &after) != 0 || !S_ISFIFO(after.st_mode) || after.st_uid != before.st_uid ||
+      after.st_gid != before.st_gid || after.st_dev != before.st_dev ||
+      after.st_ino != before.st_ino) {
     close(fd);
     return fail(error, "reply FIFO " + printable(path) + " changed while opening it; refused");
   }
@@ -156,7 +195,8 @@ PipeServer::PipeServer(ControlTarget& target, std::string path, int fd, unsigned
 PipeServer* PipeServer::start(const std::string& dir, ControlTarget& target) {
   try {
     std::string why;
-    if (!prepare_control_dir(dir, &why)) {
+    ControlDirAccess access;
+    if (!prepare_control_dir(dir, &why, &access)) {
       log_warn("control pipe off: {}", why);
       return nullptr;
     }
@@ -173,7 +213,8 @@ PipeServer* PipeServer::start(const std::string& dir, ControlTarget& target) {
       }
       unlink(path.c_str());
     }
-    if (mkfifo(path.c_str(), 0600) != 0) {
+    const mode_t fifo_mode = access.shared ? 0660 : 0600;
+    if (mkfifo(path.c_str(), fifo_mode) != 0) {
       log_warn("control pipe off: cannot create {}: {}", path, errno_text(errno));
       return nullptr;
     }
@@ -188,9 +229,21 @@ PipeServer* PipeServer::start(const std::string& dir, ControlTarget& target) {
       close(fd);
       return nullptr;
     }
-    fchmod(fd, 0600);  // whatever the umask did
+    // Whatever the umask did; in a shared folder the FIFO belongs to the folder's group (without
+    // the setgid bit on the folder it would get this process's group).
+    if (access.shared && st.st_gid != access.gid &&
+        fchown(fd, static_cast<uid_t>(-1), static_cast<gid_t>(access.gid)) != 0) {
+      log_warn("control pipe {}: cannot give it to the folder's group {}: {}; it stays private",
+               path, access.gid, errno_text(errno));
+      access.shared = false;
+    }
+    fchmod(fd, access.shared ? 0660 : 0600);
     auto* server = new PipeServer(target, path, fd, st.st_dev, st.st_ino);  // lives as long as the
                                                                             // process (its thread)
+    if (access.shared) {
+      server->shared_dir_ = dir;
+      server->shared_gid_ = access.gid;
+    }
     // The thread starts with every signal blocked: the host's handlers keep running on its own
     // threads, and a SIGPIPE from a vanished reply reader stays pending here to be consumed.
     sigset_t all, old;
@@ -247,7 +300,7 @@ std::string PipeServer::handle_line(std::string_view line) {
   if (!parsed.reply_path.empty()) {
     std::string reply = format_reply(result);
     std::string why;
-    if (!write_reply(parsed.reply_path, reply, &why))
+    if (!write_reply(parsed.reply_path, reply, &why, kReplyTimeout, shared_dir_, shared_gid_))
       log_warn_ratelimited("control-reply", "control: no reply for \"{}\": {}", printable(line),
                            why);
     return reply;

@@ -2,10 +2,11 @@
 //
 // Safety rules, for a thread that lives inside someone else's process:
 //   - the folder is created 0700 and the FIFO 0600, both owned by the process's user; an existing
-//     folder that is a symlink, not a folder, owned by another user or writable by group or others
-//     is refused, and so is an existing <pid>.ctl that is not a FIFO of ours (a leftover FIFO of
-//     ours, from a dead process with the same pid, is replaced). Refused means: one log line, and
-//     the process runs without a pipe;
+//     folder may also be shared with a group (prepare_control_dir: the FIFO is then 0660, of that
+//     group); a folder that is a symlink, not a folder, writable by others, or another user's not
+//     shared with one of our groups is refused, and so is an existing <pid>.ctl that is not a FIFO
+//     of ours (a leftover FIFO of ours, from a dead process with the same pid, is replaced).
+//     Refused means: one log line, and the process runs without a pipe;
 //   - the FIFO is opened O_RDWR|O_NONBLOCK: the server is a writer of its own FIFO, so writers that
 //     come and go never make it see end-of-file (no busy loop), and poll() sleeps until a byte
 //     arrives;
@@ -32,13 +33,29 @@ namespace cudapool {
 
 inline constexpr std::chrono::milliseconds kReplyTimeout{2000};
 
-// Creates `dir` (mode 0700) or checks an existing one (see above). False with a reason.
-bool prepare_control_dir(const std::string& dir, std::string* error);
+// How the control folder is shared: privately (the FIFO is 0600), or with a group (a folder the
+// operator made for a pod: group-owned, mode 2770 as Kubernetes' fsGroup gives it; the FIFO is
+// 0660 and belongs to that group, reply FIFOs of that group's members are answered).
+struct ControlDirAccess {
+  bool shared = false;
+  unsigned gid = 0;  // the folder's group, when shared
+};
+
+// Creates `dir` (mode 0700) or checks an existing one. Accepted: a folder (not a symlink) that
+// nobody but its owner and group can write (no write bit for others), owned by this process's
+// user, or owned by another user but shared with a group this process is in (group rwx). Refused,
+// with a reason: a symlink, not a folder, writable by others, owned by another user and not shared
+// with one of this process's groups, writable by a group this process is not in.
+bool prepare_control_dir(const std::string& dir, std::string* error,
+                         ControlDirAccess* access = nullptr);
 
 // Writes `text` to the reply FIFO at `path` and closes it, under the rules above. False with a
-// reason (nothing written, or only part of it when the reader went away or stalled).
+// reason (nothing written, or only part of it when the reader went away or stalled). With
+// `shared_dir`, a FIFO directly in that folder that belongs to its group (`shared_gid`) and that
+// others cannot write is answered too, whoever made it (a member of the group: a sidecar).
 bool write_reply(const std::string& path, std::string_view text, std::string* error,
-                 std::chrono::milliseconds timeout = kReplyTimeout);
+                 std::chrono::milliseconds timeout = kReplyTimeout,
+                 const std::string& shared_dir = "", unsigned shared_gid = 0);
 
 class PipeServer {
  public:
@@ -72,6 +89,8 @@ class PipeServer {
   const int fd_;
   const unsigned long long dev_;  // of the FIFO this server made
   const unsigned long long ino_;
+  std::string shared_dir_;  // the folder, when it is shared with a group (ControlDirAccess)
+  unsigned shared_gid_ = 0;
   std::atomic<bool> stopping_{false};
 };
 

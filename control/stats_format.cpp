@@ -176,8 +176,8 @@ std::vector<Metric> device_metrics(const DeviceReport& d) {
        "", p.high_watermark},
       {"low_watermark", "cudapool_low_watermark_bytes", "gauge", "Policy: low watermark.", "", "",
        p.low_watermark},
-      {"idle_release_ms", "cudapool_idle_release_milliseconds", "gauge",
-       "Policy: idle timer (0 = off).", "", "", p.idle_release_ms},
+      {"idle_release_ms", "cudapool_idle_release_seconds", "gauge", "Policy: idle timer (0 = off).",
+       "", "", p.idle_release_ms, 1000},
       {"min_device_free", "cudapool_min_device_free_bytes", "gauge",
        "Policy: minimum device free (0 = off).", "", "", p.min_device_free},
       {"limit", "cudapool_limit_bytes", "gauge", "Policy: limit per device (0 = none).", "", "",
@@ -213,6 +213,7 @@ std::string format_stats_text(const ProcessReport& report) {
     }
     out += " reuse=";
     out += to_string(d.policy.reuse);
+    if (!d.uuid.empty()) out += " uuid=" + sanitize_process_name(d.uuid);
     if (!d.framework.empty()) out += " framework=" + d.framework;
     out += '\n';
   }
@@ -237,6 +238,10 @@ std::string format_stats_json(const ProcessReport& report) {
     }
     out += ",\"reuse\":";
     append_json_string(&out, to_string(d.policy.reuse));
+    if (!d.uuid.empty()) {
+      out += ",\"uuid\":";
+      append_json_string(&out, d.uuid);
+    }
     if (!d.framework.empty()) {
       out += ",\"framework\":";
       append_json_string(&out, d.framework);
@@ -248,6 +253,9 @@ std::string format_stats_json(const ProcessReport& report) {
 }
 
 std::string format_stats_prometheus(const ProcessReport& report) {
+  std::string process_labels = "pid=\"" + std::to_string(report.pid) + "\",command=\"";
+  append_label_value(&process_labels, report.command);
+  process_labels += '"';
   // Families in first-seen order, each with its samples.
   std::vector<std::pair<const Metric*, std::string>> families;  // first metric, sample lines
   std::vector<std::vector<Metric>> per_device;
@@ -256,14 +264,20 @@ std::string format_stats_prometheus(const ProcessReport& report) {
     per_device.push_back(device_metrics(d));
   std::map<std::string_view, std::size_t> index;
   for (std::size_t di = 0; di < report.devices.size(); ++di) {
+    const DeviceReport& device = report.devices[di];
     for (const Metric& m : per_device[di]) {
       auto [it, added] = index.emplace(m.family, families.size());
       if (added) families.emplace_back(&m, std::string());
       std::string& lines = families[it->second].second;
       lines += m.family;
-      lines += "{pid=\"" + std::to_string(report.pid) + "\",command=\"";
-      append_label_value(&lines, report.command);
-      lines += "\",device=\"" + std::to_string(report.devices[di].device) + "\"";
+      lines += '{';
+      lines += process_labels;
+      lines += ",gpu=\"" + std::to_string(device.device) + "\"";
+      if (!device.uuid.empty()) {
+        lines += ",UUID=\"";
+        append_label_value(&lines, device.uuid);
+        lines += '"';
+      }
       if (!m.label.empty()) {
         lines += ',';
         lines += m.label;
@@ -271,10 +285,13 @@ std::string format_stats_prometheus(const ProcessReport& report) {
         append_label_value(&lines, m.label_value);
         lines += '"';
       }
-      lines += "} " + std::to_string(m.value) + "\n";
+      lines += "} " + format_decimal_ratio(m.value, m.divisor) + "\n";
     }
   }
-  std::string out;
+  std::string out =
+      "# HELP cudapool_build_info The cudapool library a process runs (version label), "
+      "value 1.\n# TYPE cudapool_build_info gauge\ncudapool_build_info{" +
+      process_labels + ",version=\"" CUDAPOOL_VERSION "\"} 1\n";
   for (const auto& [metric, lines] : families) {
     out += "# HELP ";
     out += metric->family;
@@ -286,6 +303,73 @@ std::string format_stats_prometheus(const ProcessReport& report) {
     out += metric->type;
     out += '\n';
     out += lines;
+  }
+  return out;
+}
+
+std::string format_decimal_ratio(std::uint64_t value, std::uint64_t divisor) {
+  if (divisor <= 1) return std::to_string(value);
+  std::string out = std::to_string(value / divisor);
+  std::uint64_t rest = value % divisor;
+  if (rest == 0) return out;
+  out += '.';
+  // Digits of rest / divisor until nothing is left (exact for divisors made of 2s and 5s, such as
+  // 1000; others stop after 18 digits).
+  for (int digits = 0; rest != 0 && digits < 18; ++digits) {
+    rest *= 10;
+    out += static_cast<char>('0' + rest / divisor);
+    rest %= divisor;
+  }
+  return out;
+}
+
+std::string format_gpu_uuid(const unsigned char (&bytes)[16]) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out = "GPU-";
+  for (int i = 0; i < 16; ++i) {
+    if (i == 4 || i == 6 || i == 8 || i == 10) out += '-';
+    out += kHex[bytes[i] >> 4];
+    out += kHex[bytes[i] & 15];
+  }
+  return out;
+}
+
+std::string format_up_metric(int pid, bool up) {
+  return "# HELP cudapool_up 1 when the process's control pipe answered the scrape in time, else "
+         "0.\n# TYPE cudapool_up gauge\ncudapool_up{pid=\"" +
+         std::to_string(pid) + (up ? "\"} 1\n" : "\"} 0\n");
+}
+
+std::string escape_label_value(std::string_view value) {
+  std::string out;
+  append_label_value(&out, value);
+  return out;
+}
+
+std::string add_prometheus_labels(std::string_view exposition, std::string_view labels) {
+  std::string out;
+  out.reserve(exposition.size() + exposition.size() / 4);
+  while (!exposition.empty()) {
+    const std::size_t nl = exposition.find('\n');
+    const std::string_view line = exposition.substr(0, nl);
+    exposition = nl == std::string_view::npos ? std::string_view() : exposition.substr(nl + 1);
+    const std::size_t end = line.find_first_of("{ ");
+    if (labels.empty() || line.empty() || line.front() == '#' || end == 0 ||
+        end == std::string_view::npos || !is_sample(line, end)) {
+      out += line;
+    } else if (line[end] == '{') {
+      out += line.substr(0, end + 1);
+      out += labels;
+      if (line.size() > end + 1 && line[end + 1] != '}') out += ',';
+      out += line.substr(end + 1);
+    } else {
+      out += line.substr(0, end);
+      out += '{';
+      out += labels;
+      out += '}';
+      out += line.substr(end);
+    }
+    out += '\n';
   }
   return out;
 }

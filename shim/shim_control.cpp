@@ -5,6 +5,8 @@
 // Policy, resolved with that device's total memory (percentages). A REUSE change is safe both
 // ways: fence -> immediate lets later frees skip the fence (blocks already pending still wait for
 // one); immediate -> fence makes later frees wait for a fence.
+#include <cuda.h>
+#include <dlfcn.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -12,9 +14,38 @@
 
 #include "control/log.h"
 #include "control/pipe_server.h"
+#include "control/stats_format.h"
 #include "shim/shim.h"
 
 namespace cudapool {
+namespace {
+
+// The device's UUID from the driver the runtime loaded (for the metrics' UUID label, which joins
+// with NVIDIA's DCGM exporter); empty when there is no such driver or it does not say. Runs on the
+// pipe thread only; cuDeviceGet/cuDeviceGetUuid need no context.
+std::string device_uuid(int device) {
+  void* driver = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD);
+  if (driver == nullptr) return "";
+  using GetDevice = CUresult (*)(CUdevice*, int);
+  using GetUuid = CUresult (*)(CUuuid*, CUdevice);
+  auto get_device = reinterpret_cast<GetDevice>(dlsym(driver, "cuDeviceGet"));
+  auto get_uuid = reinterpret_cast<GetUuid>(dlsym(driver, "cuDeviceGetUuid_v2"));
+  if (get_uuid == nullptr) get_uuid = reinterpret_cast<GetUuid>(dlsym(driver, "cuDeviceGetUuid"));
+  std::string uuid;
+  CUdevice handle{};
+  CUuuid bytes{};
+  if (get_device != nullptr && get_uuid != nullptr && get_device(&handle, device) == CUDA_SUCCESS &&
+      get_uuid(&bytes, handle) == CUDA_SUCCESS) {
+    unsigned char raw[16];
+    for (int i = 0; i < 16; ++i)
+      raw[i] = static_cast<unsigned char>(bytes.bytes[i]);
+    uuid = format_gpu_uuid(raw);
+  }
+  dlclose(driver);  // drops only the reference RTLD_NOLOAD took
+  return uuid;
+}
+
+}  // namespace
 
 void Shim::start_control() {
   try {
@@ -59,6 +90,7 @@ std::vector<DeviceReport> Shim::devices() {
     r.device_total = device_totals_[d];
     std::uint64_t free = 0, total = 0;
     if (pool->device_memory(&free, &total) == Status::kOk) r.device_free = free;
+    r.uuid = device_uuid(d);
     if (frameworks_ != nullptr) {
       if (FrameworkUsage fw = frameworks_->usage(d); fw.known) {
         r.framework = frameworks_->attached();

@@ -27,6 +27,7 @@
 #include "control/preload.h"
 #include "control/size.h"
 #include "control/stats_format.h"
+#include "tools/metrics_server.h"
 #include "tools/plot/timeline_chart.h"
 
 namespace cudapool {
@@ -40,7 +41,8 @@ constexpr int kExitNoProcess = 3;
 using Args = std::vector<std::string>;
 
 struct Global {
-  std::string dir;  // control folder
+  std::string dir;   // control folder
+  std::string root;  // --root: every subfolder is a control folder (one per pod)
   std::chrono::milliseconds timeout{5000};
 };
 
@@ -64,6 +66,8 @@ constexpr std::string_view kMainHelp =
     "                                 a refreshing view of a process\n"
     "  metrics [PID|--all] [--output FILE]\n"
     "                                 Prometheus text (node_exporter textfile collector)\n"
+    "  serve-metrics [--listen ADDR:PORT] [--scrape-timeout MS]\n"
+    "                                 HTTP endpoint for Prometheus: GET /metrics, /healthz\n"
     "  options                        the options table (names, defaults, run time)\n"
     "  snapshot PID [--top N] [--json]\n"
     "                                 who holds the GPU memory: live bytes by allocation stack\n"
@@ -73,6 +77,8 @@ constexpr std::string_view kMainHelp =
     "  --dir DIR       control folder (default: $CUDAPOOL_CONTROL_DIR, else\n"
     "                  $XDG_RUNTIME_DIR/cudapool, else /tmp/cudapool-<uid>)\n"
     "  --timeout MS    how long to wait for an answer (default 5000)\n"
+    "  --root DIR      every subfolder of DIR is a control folder (one per pod, named\n"
+    "                  NAMESPACE_POD): ps, trim --all, metrics and serve-metrics cover them all\n"
     "\n"
     "exit codes: 0 done, 1 refused by the process, 2 usage error, 3 no such process, no pipe\n"
     "or no answer. `cudapoolctl COMMAND --help` describes one command.\n";
@@ -124,9 +130,18 @@ const std::map<std::string, std::string_view, std::less<>>& command_help_texts()
        "interrupted, the process ends, or N views were shown.\n"},
       {"metrics",
        "usage: cudapoolctl metrics [PID|--all] [--output FILE]\n"
-       "Prometheus text exposition of one process or of all (default). With --output, writes\n"
+       "Prometheus text exposition of one process or of all (default; each process also gets\n"
+       "cudapool_up, 0 when its pipe did not answer within --timeout). With --output, writes\n"
        "FILE atomically (for node_exporter's textfile collector), e.g.\n"
        "  cudapoolctl metrics --output /var/lib/node_exporter/textfile/cudapool.prom\n"},
+      {"serve-metrics",
+       "usage: cudapoolctl serve-metrics [--listen ADDR:PORT] [--scrape-timeout MS]\n"
+       "Serves the Prometheus text of every managed process (of the control folder, or of every\n"
+       "folder under --root) over HTTP: GET /metrics scrapes all pipes at once, each with a\n"
+       "deadline (--scrape-timeout, default 2000 ms), so a stuck process costs at most that and\n"
+       "shows as cudapool_up 0; GET /healthz answers ok. Pipes of processes that are gone are\n"
+       "removed. --listen: default 127.0.0.1:9471; :9471 listens on every address, port 0 on\n"
+       "a free port (printed). Runs until SIGTERM or SIGINT.\n"},
       {"snapshot",
        "usage: cudapoolctl snapshot PID [--top N] [--json]\n"
        "Live GPU memory of a process grouped by the call stack that allocated it, largest first\n"
@@ -311,46 +326,37 @@ void print_summary(const ProcessSummary& s) {
   }
 }
 
-// Removes a dead process's pipe (and its leftover reply FIFOs) when it is ours.
-bool remove_stale_pipe(const std::string& dir, int pid) {
-  const std::string path = pipe_path(dir, pid);
-  struct stat st {};
-  if (lstat(path.c_str(), &st) != 0 || !S_ISFIFO(st.st_mode) ||
-      (st.st_uid != geteuid() && geteuid() != 0))
-    return false;
-  return unlink(path.c_str()) == 0;
-}
-
 struct LiveProcess {
   int pid;
+  std::string dir;  // its control folder
   ProcessSummary summary;
 };
 
-// Every live process with a pipe, with its summary; stale pipes are cleaned up on the way.
+// Every live process with a pipe, with its summary; stale pipes are cleaned up on the way. A pipe
+// is stale when nobody serves it (its process holds it open as long as it lives): /proc says
+// nothing about pids of another pid namespace (a pod's processes seen from the node).
 std::vector<LiveProcess> live_processes(const Global& g, bool say_stale) {
   std::vector<LiveProcess> live;
-  for (int pid : list_pipes(g.dir)) {
-    const std::string path = pipe_path(g.dir, pid);
-    if (!process_alive(pid)) {
-      if (remove_stale_pipe(g.dir, pid) && say_stale)
-        std::fprintf(stderr, "cudapoolctl: removed the stale pipe of dead process %d\n", pid);
-      continue;
+  for (const ControlFolder& folder : control_folders(g.dir, g.root)) {
+    for (int pid : list_pipes(folder.path)) {
+      const std::string path = pipe_path(folder.path, pid);
+      const ClientReply reply = request(path, "stats text", g.timeout);
+      if (reply.status == ClientReply::Status::kNoPipe) continue;  // exited meanwhile
+      if (reply.status == ClientReply::Status::kNoServer) {
+        if (remove_stale_pipe(folder.path, pid) && say_stale)
+          std::fprintf(stderr, "cudapoolctl: removed the stale pipe %s (its process is gone)\n",
+                       path.c_str());
+        continue;
+      }
+      if (reply.status != ClientReply::Status::kOk) {
+        if (say_stale)
+          std::fprintf(stderr, "cudapoolctl: process %d: %s\n", pid, reply.error.c_str());
+        continue;
+      }
+      LiveProcess p{pid, folder.path, {}};
+      if (!parse_stats_text(reply.body, &p.summary)) p.summary.pid = pid;
+      live.push_back(std::move(p));
     }
-    const ClientReply reply = request(path, "stats text", g.timeout);
-    if (reply.status == ClientReply::Status::kNoServer) {
-      // The pid lives again in a process that does not serve this pipe: the pipe is stale.
-      if (remove_stale_pipe(g.dir, pid) && say_stale)
-        std::fprintf(stderr, "cudapoolctl: removed the stale pipe %s\n", path.c_str());
-      continue;
-    }
-    if (reply.status != ClientReply::Status::kOk) {
-      if (say_stale)
-        std::fprintf(stderr, "cudapoolctl: process %d: %s\n", pid, reply.error.c_str());
-      continue;
-    }
-    LiveProcess p{pid, {}};
-    if (!parse_stats_text(reply.body, &p.summary)) p.summary.pid = pid;
-    live.push_back(std::move(p));
   }
   return live;
 }
@@ -538,7 +544,9 @@ int cmd_trim(const Global& g, const Args& args) {
   int worst = kExitOk;
   for (const LiveProcess& p : live_processes(g, /*say_stale=*/false)) {
     std::printf("process %d (%s):\n", p.pid, p.summary.command.c_str());
-    worst = std::max(worst, simple_command(g, p.pid, command));
+    Global in_folder = g;
+    in_folder.dir = p.dir;
+    worst = std::max(worst, simple_command(in_folder, p.pid, command));
   }
   return worst;
 }
@@ -641,10 +649,10 @@ int cmd_metrics(const Global& g, const Args& args) {
     if (reply.status != ClientReply::Status::kOk) return report_failure(pid, reply);
     expositions.push_back(reply.body);
   } else {
-    for (const LiveProcess& p : live_processes(g, /*say_stale=*/false)) {
-      const ClientReply reply = request(pipe_path(g.dir, p.pid), "stats prometheus", g.timeout);
-      if (reply.status == ClientReply::Status::kOk) expositions.push_back(reply.body);
-    }
+    NodeScrape scrape = scrape_node(control_folders(g.dir, g.root), g.timeout);
+    for (const std::string& p : scrape.problems)
+      std::fprintf(stderr, "cudapoolctl metrics: %s\n", p.c_str());
+    expositions.push_back(std::move(scrape.text));
   }
   const std::string text = merge_prometheus(expositions);
   if (output.empty()) {
@@ -662,6 +670,39 @@ int cmd_metrics(const Global& g, const Args& args) {
     return kExitNoProcess;
   }
   return code;
+}
+
+int cmd_serve_metrics(const Global& g, const Args& args) {
+  ServeOptions options;
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a == "--listen" || a == "--scrape-timeout") {
+      if (i + 1 >= args.size()) return usage_error("serve-metrics", a + " needs a value");
+      const std::string& v = args[++i];
+      if (a == "--listen") {
+        std::string error;
+        if (!parse_listen_address(v, &options.host, &options.port, &error))
+          return usage_error("serve-metrics", error);
+      } else {
+        long long ms = 0;
+        if (!parse_int(v, 1, 600000, &ms)) return usage_error("serve-metrics", "bad " + a);
+        options.deadline = std::chrono::milliseconds(ms);
+      }
+    } else {
+      return usage_error("serve-metrics", "unexpected argument " + a);
+    }
+  }
+  options.dir = g.dir;
+  options.root = g.root;
+  if (!g.root.empty()) {
+    struct stat st {};
+    if (stat(g.root.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+      std::fprintf(stderr, "cudapoolctl serve-metrics: --root %s is not a folder\n",
+                   g.root.c_str());
+      return kExitUsage;
+    }
+  }
+  return serve_metrics(options);
 }
 
 int cmd_snapshot(const Global& g, const Args& args) {
@@ -744,10 +785,12 @@ int main_impl(int argc, char** argv) {
   std::size_t i = 0;
   for (; i < args.size(); ++i) {
     const std::string& a = args[i];
-    if (a == "--dir" || a == "--timeout") {
+    if (a == "--dir" || a == "--timeout" || a == "--root") {
       if (i + 1 >= args.size()) return usage_error("", a + " needs a value");
       if (a == "--dir") {
         g.dir = args[++i];
+      } else if (a == "--root") {
+        g.root = args[++i];
       } else {
         long long ms = 0;
         if (!parse_int(args[++i], 1, 3600000, &ms)) return usage_error("", "bad --timeout");
@@ -791,6 +834,7 @@ int main_impl(int argc, char** argv) {
   if (command == "reset-peaks") return cmd_reset_peaks(g, rest);
   if (command == "watch") return cmd_watch(g, rest);
   if (command == "metrics") return cmd_metrics(g, rest);
+  if (command == "serve-metrics") return cmd_serve_metrics(g, rest);
   if (command == "options") return cmd_options(rest);
   if (command == "snapshot") return cmd_snapshot(g, rest);
   if (command == "plot") return cmd_plot(rest);

@@ -15,7 +15,12 @@ cd "$root"
 jobs=${JOBS:-$(nproc)}
 
 # Debian packages the build needs (CUDA headers come from the CUDA toolkit, see below).
-packages=(cmake ninja-build g++ libspdlog-dev libfmt-dev libgtest-dev libgmock-dev)
+packages=(cmake ninja-build g++ libspdlog-dev libfmt-dev libgtest-dev libgmock-dev pkg-config
+          libcpp-httplib-dev)  # cpp-httplib: cudapoolctl serve-metrics (never the preload library)
+# The fleet tests run the real programs: Prometheus and promtool, node_exporter (tests/integration/
+# fleet_test.cpp, deploy/prometheus), kubectl for the manifests' offline check (deploy/kubernetes).
+packages+=(prometheus prometheus-node-exporter)
+command -v kubectl >/dev/null 2>&1 || packages+=(kubernetes-client)
 
 install_missing() {
   local missing=()

@@ -302,7 +302,9 @@ TEST(ControlE2E, MetricsParseAsPrometheusText) {
   const std::string held_sample = "cudapool_held_bytes{pid=\"" + pid + "\"";
   EXPECT_NE(std::string::npos, r.output.find(held_sample)) << r.output;
   EXPECT_NE(std::string::npos,
-            r.output.find("device=\"0\"} " + std::to_string(counters().bytes_held) + "\n"));
+            r.output.find("gpu=\"0\",UUID=\"GPU-50515253-5455-5657-5859-5a5b5c5d5e5f\"} " +
+                          std::to_string(counters().bytes_held) + "\n"))
+      << r.output;
 
   // --all with a second managed process: a child of this test running the same program.
   const std::string dir = control_dir();

@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <cstring>
 
+#include "driver_table.h"
 #include "standin_internal.h"
 
 // CUDA 12 headers renamed cudaGetDeviceProperties to this; CUDA 13 dropped the rename. Exported
@@ -132,8 +133,7 @@ cudaError_t get_properties(cudaDeviceProp* prop, int device) {
   cudaDeviceProp p;
   memset(&p, 0, sizeof p);
   snprintf(p.name, sizeof p.name, "cudapool stand-in");
-  for (int i = 0; i < 16; ++i)
-    p.uuid.bytes[i] = static_cast<char>(0x50 + i + 16 * d->index);
+  standin_device_uuid(d->index, p.uuid.bytes);
   p.totalGlobalMem = d->capacity;
   p.sharedMemPerBlock = size_t{48} * 1024;
   p.regsPerBlock = 65536;

@@ -131,6 +131,22 @@ STANDIN_DRIVER_EXPORT CUresult cuDeviceGetAttribute(int* value, CUdevice_attribu
   return table()->device_attribute(value, attrib, ordinal);
 }
 
+// cuda.h maps cuDeviceGetUuid to cuDeviceGetUuid_v2; both names are exported, as by NVIDIA's
+// driver (the _v2 one gives a MIG instance its own UUID; the stand-in has no MIG).
+#undef cuDeviceGetUuid
+STANDIN_DRIVER_EXPORT CUresult cuDeviceGetUuid_v2(CUuuid* uuid, CUdevice dev) {
+  if (CUresult e = entered()) return e;
+  if (uuid == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  const int ordinal = ordinal_of(dev);
+  if (ordinal < 0) return CUDA_ERROR_INVALID_DEVICE;
+  standin_device_uuid(ordinal, uuid->bytes);
+  return CUDA_SUCCESS;
+}
+
+STANDIN_DRIVER_EXPORT CUresult cuDeviceGetUuid(CUuuid* uuid, CUdevice dev) {
+  return cuDeviceGetUuid_v2(uuid, dev);
+}
+
 STANDIN_DRIVER_EXPORT CUresult cuCtxGetDevice(CUdevice* device) {
   if (device == nullptr) return CUDA_ERROR_INVALID_VALUE;
   if (table() == nullptr) return CUDA_ERROR_NOT_INITIALIZED;

@@ -41,3 +41,10 @@ struct StandinDriverTable {
 };
 
 }  // extern "C"
+
+// The UUID of device `ordinal`, the same for cudaGetDeviceProperties (runtime) and cuDeviceGetUuid
+// (driver): distinct per device, stable across runs.
+inline void standin_device_uuid(int ordinal, char (&bytes)[16]) {
+  for (int i = 0; i < 16; ++i)
+    bytes[i] = static_cast<char>(0x50 + i + 16 * ordinal);
+}

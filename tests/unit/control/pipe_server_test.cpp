@@ -9,9 +9,11 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <random>
 #include <thread>
+#include <vector>
 
 #include "control/client.h"
 #include "tests/unit/control/fake_target.h"
@@ -154,6 +156,145 @@ TEST(PipeServer, RefusesAFolderOfAnotherUser) {
   EXPECT_FALSE(prepare_control_dir(dir, &why));
   EXPECT_NE(std::string::npos, why.find("belongs to uid")) << why;
   EXPECT_EQ(nullptr, PipeServer::start(dir, target));
+}
+
+// ---- a control folder shared with a group (a pod's: fsGroup, mode 2770) ------------------------
+
+// A gid this process is not in (for folders of a foreign group).
+gid_t foreign_gid() {
+  for (gid_t g = 54321;; ++g) {
+    if (g == getegid()) continue;
+    std::vector<gid_t> groups(static_cast<std::size_t>(std::max(getgroups(0, nullptr), 0)));
+    const int n = getgroups(static_cast<int>(groups.size()), groups.data());
+    if (std::find(groups.begin(), groups.begin() + std::max(n, 0), g) ==
+        groups.begin() + std::max(n, 0))
+      return g;
+  }
+}
+
+gid_t gid_of(const std::string& path) {
+  struct stat st {};
+  return lstat(path.c_str(), &st) == 0 ? st.st_gid : static_cast<gid_t>(-1);
+}
+
+// A folder owned by `uid` (-1: unchanged), of group `gid`, with `mode`.
+std::string make_folder(const TempDir& tmp, const char* name, uid_t uid, gid_t gid, mode_t mode) {
+  const std::string dir = tmp.path() + "/" + name;
+  EXPECT_EQ(0, mkdir(dir.c_str(), 0700));
+  EXPECT_EQ(0, chown(dir.c_str(), uid, gid));
+  EXPECT_EQ(0, chmod(dir.c_str(), mode));
+  return dir;
+}
+
+TEST(SharedControlFolder, AnotherUsersFolderSharedWithOurGroupIsUsedAndTheFifoIs0660) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to give a folder to another user";
+  TempDir tmp;
+  const std::string dir = make_folder(tmp, "pod", nobody_uid(), getegid(), 02770);
+  std::string why;
+  ControlDirAccess access;
+  ASSERT_TRUE(prepare_control_dir(dir, &why, &access)) << why;
+  EXPECT_TRUE(access.shared);
+  EXPECT_EQ(getegid(), access.gid);
+  FakeTarget target;
+  PipeServer* server = PipeServer::start(dir, target);
+  ASSERT_NE(nullptr, server);
+  EXPECT_EQ(0660u, mode_of(server->path()));
+  EXPECT_EQ(getegid(), gid_of(server->path()));
+
+  // A group member's reply FIFO in the folder (another user's, of the folder's group, 0620) gets
+  // the answer; one that others may write, or of another group, or outside the folder, does not.
+  auto answered = [&](const std::string& fifo, uid_t uid, gid_t gid, mode_t mode) {
+    EXPECT_EQ(0, mkfifo(fifo.c_str(), 0600));
+    EXPECT_EQ(0, chown(fifo.c_str(), uid, gid));
+    EXPECT_EQ(0, chmod(fifo.c_str(), mode));
+    const int fd = open(fifo.c_str(), O_RDONLY | O_NONBLOCK);
+    EXPECT_GE(fd, 0);
+    server->handle_line("stats reply=" + fifo);
+    char buf[8192];
+    const ssize_t n = read(fd, buf, sizeof buf);
+    close(fd);
+    unlink(fifo.c_str());
+    return n > 0 &&
+           std::string(buf, static_cast<std::size_t>(n)).find("\nOK\n") != std::string::npos;
+  };
+  EXPECT_TRUE(answered(dir + "/reply-member.fifo", nobody_uid(), getegid(), 0620));
+  EXPECT_FALSE(answered(dir + "/reply-open.fifo", nobody_uid(), getegid(), 0622));
+  EXPECT_FALSE(answered(dir + "/reply-foreign.fifo", nobody_uid(), foreign_gid(), 0620));
+  const std::string elsewhere = make_folder(tmp, "elsewhere", nobody_uid(), getegid(), 02770);
+  EXPECT_FALSE(answered(elsewhere + "/reply-member.fifo", nobody_uid(), getegid(), 0620));
+  server->shutdown();
+}
+
+TEST(SharedControlFolder, OwnFolderOfOurGroupIsSharedAndOwnPrivateFolderIsNot) {
+  TempDir tmp;
+  std::string why;
+  ControlDirAccess access;
+  const std::string shared = make_folder(tmp, "shared", static_cast<uid_t>(-1), getegid(), 02770);
+  ASSERT_TRUE(prepare_control_dir(shared, &why, &access)) << why;
+  EXPECT_TRUE(access.shared);
+  FakeTarget target;
+  PipeServer* server = PipeServer::start(shared, target);
+  ASSERT_NE(nullptr, server);
+  EXPECT_EQ(0660u, mode_of(server->path()));
+  server->shutdown();
+
+  const std::string own = make_folder(tmp, "own", static_cast<uid_t>(-1), getegid(), 0700);
+  ASSERT_TRUE(prepare_control_dir(own, &why, &access)) << why;
+  EXPECT_FALSE(access.shared);
+  server = PipeServer::start(own, target);
+  ASSERT_NE(nullptr, server);
+  EXPECT_EQ(0600u, mode_of(server->path()));
+  server->shutdown();
+}
+
+TEST(SharedControlFolder, AnotherUsersFolderOfAGroupWeAreNotInIsRefused) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to give a folder to another user and group";
+  TempDir tmp;
+  const std::string dir = make_folder(tmp, "theirs", nobody_uid(), foreign_gid(), 02770);
+  std::string why;
+  EXPECT_FALSE(prepare_control_dir(dir, &why));
+  EXPECT_NE(std::string::npos, why.find("nor to one of its groups")) << why;
+  FakeTarget target;
+  EXPECT_EQ(nullptr, PipeServer::start(dir, target));
+  EXPECT_FALSE(is_fifo(pipe_path(dir, getpid())));
+}
+
+TEST(SharedControlFolder, AnotherUsersFolderOfOurGroupWithoutGroupAccessIsRefused) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to give a folder to another user";
+  TempDir tmp;
+  const std::string dir = make_folder(tmp, "closed", nobody_uid(), getegid(), 0750);
+  std::string why;
+  EXPECT_FALSE(prepare_control_dir(dir, &why));
+  EXPECT_NE(std::string::npos, why.find("needs 2770")) << why;
+}
+
+TEST(SharedControlFolder, WritableByOthersIsRefusedEvenForOurGroup) {
+  TempDir tmp;
+  const std::string dir = make_folder(tmp, "world", static_cast<uid_t>(-1), getegid(), 02777);
+  std::string why;
+  EXPECT_FALSE(prepare_control_dir(dir, &why));
+  EXPECT_NE(std::string::npos, why.find("writable by others")) << why;
+  FakeTarget target;
+  EXPECT_EQ(nullptr, PipeServer::start(dir, target));
+}
+
+TEST(SharedControlFolder, OwnFolderWritableByAGroupWeAreNotInIsRefused) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to give a folder to a group it is not in";
+  TempDir tmp;
+  const std::string dir = make_folder(tmp, "foreign", static_cast<uid_t>(-1), foreign_gid(), 02770);
+  std::string why;
+  EXPECT_FALSE(prepare_control_dir(dir, &why));
+  EXPECT_NE(std::string::npos, why.find("a group this process is not in")) << why;
+}
+
+TEST(SharedControlFolder, SymlinkToASharedFolderIsRefused) {
+  TempDir tmp;
+  const std::string real = make_folder(tmp, "real", static_cast<uid_t>(-1), getegid(), 02770);
+  const std::string link = tmp.path() + "/link";
+  ASSERT_EQ(0, symlink(real.c_str(), link.c_str()));
+  std::string why;
+  EXPECT_FALSE(prepare_control_dir(link, &why));
+  EXPECT_NE(std::string::npos, why.find("symlink")) << why;
 }
 
 TEST(PipeServer, RefusesWhatIsPlantedAtThePipePath) {

@@ -25,6 +25,8 @@ ProcessReport sample_report() {
     dev.policy.high_watermark = 2048;
     dev.policy.reuse = d == 1 ? ReuseMode::kImmediate : ReuseMode::kFence;
     dev.device_total = 1 << 20;
+    dev.policy.idle_release_ms = d == 0 ? 30000 : 1500;
+    if (d == 1) dev.uuid = "GPU-50515253-5455-5657-5859-5a5b5c5d5e5f";
     r.devices.push_back(dev);
   }
   return r;
@@ -77,7 +79,7 @@ TEST(StatsFormat, JsonEscapesAndHasEveryDevice) {
 // samples of a family contiguous, every sample line well formed, no duplicate series.
 void expect_valid_prometheus(const std::string& text) {
   static const std::regex sample(
-      R"re(^([a-zA-Z_:][a-zA-Z0-9_:]*)\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*"(,[a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*")*)\} [0-9]+$)re");
+      R"re(^([a-zA-Z_:][a-zA-Z0-9_:]*)\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*"(,[a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*")*)\} [0-9]+(\.[0-9]+)?$)re");
   static const std::regex comment(R"(^# (HELP|TYPE) ([a-zA-Z_:][a-zA-Z0-9_:]*) (.+)$)");
   std::set<std::string> finished, typed, series;
   std::string current;
@@ -114,15 +116,89 @@ void expect_valid_prometheus(const std::string& text) {
 TEST(StatsFormat, PrometheusIsValid) {
   const std::string text = format_stats_prometheus(sample_report());
   expect_valid_prometheus(text);
-  EXPECT_NE(
-      std::string::npos,
-      text.find("cudapool_held_bytes{pid=\"77\",command=\"my server \\\"x\\\"\",device=\"1\"} "
-                "1001\n"))
+  EXPECT_NE(std::string::npos,
+            text.find("cudapool_held_bytes{pid=\"77\",command=\"my server \\\"x\\\"\",gpu=\"1\","
+                      "UUID=\"GPU-50515253-5455-5657-5859-5a5b5c5d5e5f\"} 1001\n"))
       << text;
+  // Without a known UUID the label is left out (an empty label is no label to Prometheus).
   EXPECT_NE(std::string::npos,
             text.find("cudapool_releases_by_reason_total{pid=\"77\",command=\"my server "
-                      "\\\"x\\\"\",device=\"0\",reason=\"trim\"} 3\n"))
+                      "\\\"x\\\"\",gpu=\"0\",reason=\"trim\"} 3\n"))
       << text;
+  // DCGM's `device` label means "nvidia0": ours is `gpu`, never `device`.
+  EXPECT_EQ(std::string::npos, text.find("device=\"")) << text;
+  // Base units: seconds, exact decimals.
+  EXPECT_NE(std::string::npos, text.find("# TYPE cudapool_idle_release_seconds gauge\n")) << text;
+  EXPECT_NE(std::string::npos, text.find("gpu=\"0\"} 30\n", text.find("idle_release_seconds{")));
+  EXPECT_NE(std::string::npos,
+            text.find("5e5f\"} 1.5\n", text.find("idle_release_seconds{pid=\"77\"")))
+      << text;
+  EXPECT_EQ(std::string::npos, text.find("milliseconds")) << text;
+  // The library's version, once per process.
+  EXPECT_EQ(0u, text.find("# HELP cudapool_build_info ")) << text;
+  EXPECT_NE(std::string::npos,
+            text.find("cudapool_build_info{pid=\"77\",command=\"my server \\\"x\\\"\",version=\"" +
+                      std::string(CUDAPOOL_VERSION) + "\"} 1\n"))
+      << text;
+}
+
+TEST(StatsFormat, TextAndJsonCarryTheUuidWhenKnown) {
+  const std::string text = format_stats_text(sample_report());
+  EXPECT_NE(std::string::npos, text.find(" uuid=GPU-50515253-5455-5657-5859-5a5b5c5d5e5f\n"));
+  EXPECT_EQ(1u, [&] {
+    std::size_t n = 0;
+    for (std::size_t at = text.find("uuid="); at != std::string::npos;
+         at = text.find("uuid=", at + 1))
+      ++n;
+    return n;
+  }()) << text;
+  EXPECT_NE(std::string::npos, text.find("idle_release_ms=30000")) << "text keeps milliseconds";
+  const std::string json = format_stats_json(sample_report());
+  EXPECT_NE(
+      std::string::npos,
+      json.find("\"reuse\":\"immediate\",\"uuid\":\"GPU-50515253-5455-5657-5859-5a5b5c5d5e5f\"}"))
+      << json;
+}
+
+TEST(StatsFormat, DecimalRatiosAreExact) {
+  EXPECT_EQ("0", format_decimal_ratio(0, 1000));
+  EXPECT_EQ("30", format_decimal_ratio(30000, 1000));
+  EXPECT_EQ("1.5", format_decimal_ratio(1500, 1000));
+  EXPECT_EQ("0.001", format_decimal_ratio(1, 1000));
+  EXPECT_EQ("18446744073709551.615", format_decimal_ratio(UINT64_MAX, 1000));
+  EXPECT_EQ("7", format_decimal_ratio(7, 1));
+  EXPECT_EQ("0.333333333333333333", format_decimal_ratio(1, 3));  // bounded, not endless
+}
+
+TEST(StatsFormat, GpuUuidAsNvidiaPrintsIt) {
+  unsigned char bytes[16];
+  for (int i = 0; i < 16; ++i)
+    bytes[i] = static_cast<unsigned char>(0xf0 + i);
+  EXPECT_EQ("GPU-f0f1f2f3-f4f5-f6f7-f8f9-fafbfcfdfeff", format_gpu_uuid(bytes));
+}
+
+TEST(StatsFormat, UpMetricIsOneDocument) {
+  const std::string merged =
+      merge_prometheus({format_up_metric(5, true), format_up_metric(6, false)});
+  expect_valid_prometheus(merged);
+  EXPECT_NE(std::string::npos, merged.find("cudapool_up{pid=\"5\"} 1\n")) << merged;
+  EXPECT_NE(std::string::npos, merged.find("cudapool_up{pid=\"6\"} 0\n")) << merged;
+}
+
+TEST(StatsFormat, CollectorLabelsGoOnEverySampleOnly) {
+  const std::string text = add_prometheus_labels(
+      "# HELP a_total x {y}\n# TYPE a_total counter\na_total{pid=\"1\"} 3\nb 4\nc{} 5\n",
+      "pod=\"" + escape_label_value("we\"ird") + "\"");
+  EXPECT_EQ(
+      "# HELP a_total x {y}\n# TYPE a_total counter\na_total{pod=\"we\\\"ird\",pid=\"1\"} 3\n"
+      "b{pod=\"we\\\"ird\"} 4\nc{pod=\"we\\\"ird\"} 5\n",
+      text);
+  const std::string whole = add_prometheus_labels(format_stats_prometheus(sample_report()),
+                                                  "namespace=\"ml\",pod=\"server-0\"");
+  expect_valid_prometheus(whole);
+  EXPECT_NE(std::string::npos,
+            whole.find("cudapool_held_bytes{namespace=\"ml\",pod=\"server-0\",pid=\"77\""))
+      << whole;
 }
 
 TEST(StatsFormat, MergedPrometheusOfSeveralProcessesIsValid) {
@@ -148,7 +224,11 @@ TEST(StatsFormat, NoDevicesIsStillValid) {
   r.command = "x";
   EXPECT_EQ("pid=1 command=x devices=0\n", format_stats_text(r));
   EXPECT_EQ("{\"pid\":1,\"command\":\"x\",\"devices\":[]}\n", format_stats_json(r));
-  EXPECT_EQ("", format_stats_prometheus(r));
+  // Only the process's build_info.
+  const std::string prom = format_stats_prometheus(r);
+  expect_valid_prometheus(prom);
+  EXPECT_NE(std::string::npos, prom.find("cudapool_build_info{pid=\"1\",command=\"x\""));
+  EXPECT_EQ(std::string::npos, prom.find("cudapool_held_bytes")) << prom;
 }
 
 TEST(StatsFormat, SanitizedNames) {
