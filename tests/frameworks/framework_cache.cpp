@@ -9,6 +9,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <iterator>
 #include <map>
 #include <mutex>
@@ -97,13 +98,21 @@ __attribute__((visibility("default"))) int fc_malloc(int device, std::size_t siz
   return cudaSuccess;
 }
 
+// STANDIN_FRAMEWORK_NO_CACHE=1: frees go straight to cudaFree, as with PyTorch's
+// PYTORCH_NO_CUDA_MEMORY_CACHING=1.
 __attribute__((visibility("default"))) int fc_free(void* ptr) {
+  static const bool no_cache = std::getenv("STANDIN_FRAMEWORK_NO_CACHE") != nullptr;
   std::lock_guard lock(g_mutex);
   auto it = g_live.find(ptr);
   if (it == g_live.end()) return cudaErrorInvalidValue;
   Device& dev = g_devices[it->second.device];
   dev.allocated -= it->second.size;
-  dev.cached.emplace(it->second.size, ptr);
+  if (no_cache) {
+    dev.reserved -= it->second.size;
+    cudaFree(ptr);
+  } else {
+    dev.cached.emplace(it->second.size, ptr);
+  }
   g_live.erase(it);
   return cudaSuccess;
 }
