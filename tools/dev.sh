@@ -17,10 +17,12 @@ jobs=${JOBS:-$(nproc)}
 # Debian packages the build needs (CUDA headers come from the CUDA toolkit, see below).
 packages=(cmake ninja-build g++ libspdlog-dev libfmt-dev libgtest-dev libgmock-dev pkg-config
           libcpp-httplib-dev)  # cpp-httplib: cudapoolctl serve-metrics (never the preload library)
-# The fleet tests run the real programs: Prometheus and promtool, node_exporter (tests/integration/
-# fleet_test.cpp, deploy/prometheus), kubectl for the manifests' offline check (deploy/kubernetes).
-packages+=(prometheus prometheus-node-exporter)
-command -v kubectl >/dev/null 2>&1 || packages+=(kubernetes-client)
+# What only the tests need. The fleet tests run the real programs: Prometheus and promtool,
+# node_exporter (tests/integration/fleet_test.cpp, deploy/prometheus), kubectl for the manifests'
+# offline check (deploy/kubernetes); the framework adapter tests run Debian's python3
+# (tests/frameworks).
+test_packages=(prometheus prometheus-node-exporter python3)
+command -v kubectl >/dev/null 2>&1 || test_packages+=(kubernetes-client)
 
 install_missing() {
   local missing=()
@@ -69,6 +71,7 @@ case "${1:-}" in
     configure_and_build build
     ;;
   test)
+    packages+=("${test_packages[@]}")
     install_missing
     configure_and_build build
     run_tests build -LE gpu
