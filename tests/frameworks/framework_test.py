@@ -24,6 +24,10 @@ SCENARIO, FW = sys.argv[1], sys.argv[2]
 
 def fail(message):
     print("FAIL:", message, flush=True)
+    log = os.environ.get("CUDAPOOL_LOG_FILE")
+    if log and os.path.exists(log):
+        with open(log) as f:
+            print("cudapool's log:\n" + f.read()[-4000:], flush=True)
     sys.exit(1)
 
 
@@ -64,6 +68,9 @@ class Framework:
 
 
 def ctl(*args):
+    """cudapoolctl; its answer may take long on a loaded machine (sanitizer trees run in parallel)."""
+    if args[0] != "--timeout":
+        args = ("--timeout", "60000") + args
     r = subprocess.run([os.environ["CUDAPOOLCTL"], *args], capture_output=True, text=True,
                        timeout=120)
     return r.returncode, r.stdout + r.stderr
