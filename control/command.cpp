@@ -212,6 +212,7 @@ CommandResult execute_command(const Command& command, ControlTarget& target) {
         ProcessReport report;
         report.pid = target.pid();
         report.command = target.process_name();
+        report.routes = target.routes();
         report.devices = target.devices();
         result.body = format_stats(report, command.format);
         return result;

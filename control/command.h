@@ -72,6 +72,17 @@ struct DeviceReport {
   std::uint64_t framework_allocated = 0;  // of those, bytes it has handed out
 };
 
+// How the application's calls reached cudapool (cudapoolctl doctor reads these): pool calls
+// through the runtime's names (cudaMalloc, cudaFree) and through the driver's (cuMemAlloc_v2,
+// cuMemFree_v2), and the lookups of a pooled driver name that cudapool answered with its own entry
+// point, through dlsym/dlvsym and through cuGetProcAddress/cudaGetDriverEntryPoint.
+struct RouteCounts {
+  std::uint64_t runtime_calls = 0;
+  std::uint64_t driver_calls = 0;
+  std::uint64_t dlsym_lookups = 0;
+  std::uint64_t proc_address_lookups = 0;
+};
+
 struct TrimReport {
   int device = 0;
   std::uint64_t released = 0;    // bytes returned to the driver by this trim
@@ -89,6 +100,7 @@ class ControlTarget {
   virtual std::string process_name() const = 0;
   // Every device with a pool, by device number.
   virtual std::vector<DeviceReport> devices() = 0;
+  virtual RouteCounts routes() { return {}; }
   // Releases idle memory of `device` (-1: each) down to `keep` bytes (a percentage resolved per
   // device), waiting for fences as needed; never touches blocks in use or pending. False with a
   // reason when the device has no pool or the release cannot run now.

@@ -199,9 +199,14 @@ std::vector<Metric> device_metrics(const DeviceReport& d) {
 }
 
 std::string format_stats_text(const ProcessReport& report) {
+  const RouteCounts& r = report.routes;
   std::string out = "pid=" + std::to_string(report.pid) +
                     " command=" + sanitize_process_name(report.command) +
-                    " devices=" + std::to_string(report.devices.size()) + "\n";
+                    " devices=" + std::to_string(report.devices.size()) +
+                    " runtime_calls=" + std::to_string(r.runtime_calls) +
+                    " driver_calls=" + std::to_string(r.driver_calls) +
+                    " dlsym_lookups=" + std::to_string(r.dlsym_lookups) +
+                    " proc_address_lookups=" + std::to_string(r.proc_address_lookups) + "\n";
   for (const DeviceReport& d : report.devices) {
     out += "device=" + std::to_string(d.device);
     for (const Metric& m : device_metrics(d)) {
@@ -223,6 +228,11 @@ std::string format_stats_text(const ProcessReport& report) {
 std::string format_stats_json(const ProcessReport& report) {
   std::string out = "{\"pid\":" + std::to_string(report.pid) + ",\"command\":";
   append_json_string(&out, report.command);
+  const RouteCounts& r = report.routes;
+  out += ",\"runtime_calls\":" + std::to_string(r.runtime_calls) +
+         ",\"driver_calls\":" + std::to_string(r.driver_calls) +
+         ",\"dlsym_lookups\":" + std::to_string(r.dlsym_lookups) +
+         ",\"proc_address_lookups\":" + std::to_string(r.proc_address_lookups);
   out += ",\"devices\":[";
   bool first_device = true;
   for (const DeviceReport& d : report.devices) {
@@ -292,6 +302,22 @@ std::string format_stats_prometheus(const ProcessReport& report) {
       "# HELP cudapool_build_info The cudapool library a process runs (version label), "
       "value 1.\n# TYPE cudapool_build_info gauge\ncudapool_build_info{" +
       process_labels + ",version=\"" CUDAPOOL_VERSION "\"} 1\n";
+  const std::pair<const char*, std::uint64_t> calls[] = {{"runtime", report.routes.runtime_calls},
+                                                         {"driver", report.routes.driver_calls}};
+  out +=
+      "# HELP cudapool_pool_calls_total Allocations and frees that reached the pool, by the API "
+      "the application called.\n# TYPE cudapool_pool_calls_total counter\n";
+  for (const auto& [api, n] : calls)
+    out += "cudapool_pool_calls_total{" + process_labels + ",api=\"" + api + "\"} " +
+           std::to_string(n) + "\n";
+  const std::pair<const char*, std::uint64_t> lookups[] = {
+      {"dlsym", report.routes.dlsym_lookups}, {"proc_address", report.routes.proc_address_lookups}};
+  out +=
+      "# HELP cudapool_entry_point_lookups_total Lookups of a pooled driver name answered with "
+      "cudapool's entry point, by lookup.\n# TYPE cudapool_entry_point_lookups_total counter\n";
+  for (const auto& [how, n] : lookups)
+    out += "cudapool_entry_point_lookups_total{" + process_labels + ",lookup=\"" + how + "\"} " +
+           std::to_string(n) + "\n";
   for (const auto& [metric, lines] : families) {
     out += "# HELP ";
     out += metric->family;

@@ -27,6 +27,7 @@ namespace cudapool {
 struct ProcessReport {
   int pid = 0;
   std::string command;  // the process's name (/proc/self/comm)
+  RouteCounts routes;
   std::vector<DeviceReport> devices;
 };
 

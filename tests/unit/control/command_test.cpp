@@ -151,7 +151,11 @@ TEST(CommandExecute, StatsTextHasTheTargetsNumbers) {
   FakeTarget target;
   CommandResult r = execute_command(parse_ok("stats"), target);
   ASSERT_TRUE(r.ok);
-  EXPECT_NE(std::string::npos, r.body.find("pid=4242 command=server devices=1\n")) << r.body;
+  EXPECT_NE(std::string::npos,
+            r.body.find(
+                "pid=4242 command=server devices=1 runtime_calls=0 driver_calls=0 dlsym_lookups=0 "
+                "proc_address_lookups=0\n"))
+      << r.body;
   EXPECT_NE(std::string::npos, r.body.find("held=1073741824 in_use=67108864 idle=1006632960"))
       << r.body;
 }

@@ -34,7 +34,9 @@ ProcessReport sample_report() {
 
 TEST(StatsFormat, TextReadsBack) {
   const std::string text = format_stats_text(sample_report());
-  EXPECT_EQ(0u, text.find("pid=77 command=my_server__x_ devices=2\n")) << text;
+  EXPECT_EQ(0u, text.find("pid=77 command=my_server__x_ devices=2 runtime_calls=0 driver_calls=0 "
+                          "dlsym_lookups=0 proc_address_lookups=0\n"))
+      << text;
   EXPECT_NE(std::string::npos, text.find("releases_trim=3")) << text;
   EXPECT_NE(std::string::npos, text.find("reuse=immediate")) << text;
   ProcessSummary s;
@@ -51,7 +53,9 @@ TEST(StatsFormat, TextReadsBack) {
 
 TEST(StatsFormat, JsonEscapesAndHasEveryDevice) {
   const std::string json = format_stats_json(sample_report());
-  EXPECT_EQ(0u, json.find("{\"pid\":77,\"command\":\"my server \\\"x\\\"\",\"devices\":[{"))
+  EXPECT_EQ(0u, json.find("{\"pid\":77,\"command\":\"my server \\\"x\\\"\",\"runtime_calls\":0,"
+                          "\"driver_calls\":0,\"dlsym_lookups\":0,\"proc_address_lookups\":0,"
+                          "\"devices\":[{"))
       << json;
   EXPECT_NE(std::string::npos, json.find("\"device\":1,\"held\":1001,")) << json;
   EXPECT_NE(std::string::npos, json.find("\"reuse\":\"fence\"")) << json;
@@ -218,12 +222,36 @@ TEST(StatsFormat, MergedPrometheusOfSeveralProcessesIsValid) {
   EXPECT_GT(failures.size(), 0);
 }
 
+TEST(StatsFormat, RoutesAppearInEveryFormat) {
+  ProcessReport r;
+  r.pid = 5;
+  r.command = "x";
+  r.routes = RouteCounts{11, 22, 33, 44};
+  EXPECT_NE(std::string::npos,
+            format_stats_text(r).find(" runtime_calls=11 driver_calls=22 dlsym_lookups=33 "
+                                      "proc_address_lookups=44\n"));
+  EXPECT_NE(std::string::npos,
+            format_stats_json(r).find("\"runtime_calls\":11,\"driver_calls\":22,"
+                                      "\"dlsym_lookups\":33,\"proc_address_lookups\":44"));
+  const std::string prom = format_stats_prometheus(r);
+  EXPECT_NE(std::string::npos,
+            prom.find("cudapool_pool_calls_total{pid=\"5\",command=\"x\",api=\"driver\"} 22\n"));
+  EXPECT_NE(std::string::npos, prom.find("cudapool_entry_point_lookups_total{pid=\"5\",command="
+                                         "\"x\",lookup=\"proc_address\"} 44\n"));
+}
+
 TEST(StatsFormat, NoDevicesIsStillValid) {
   ProcessReport r;
   r.pid = 1;
   r.command = "x";
-  EXPECT_EQ("pid=1 command=x devices=0\n", format_stats_text(r));
-  EXPECT_EQ("{\"pid\":1,\"command\":\"x\",\"devices\":[]}\n", format_stats_json(r));
+  EXPECT_EQ(
+      "pid=1 command=x devices=0 runtime_calls=0 driver_calls=0 dlsym_lookups=0 "
+      "proc_address_lookups=0\n",
+      format_stats_text(r));
+  EXPECT_EQ(
+      "{\"pid\":1,\"command\":\"x\",\"runtime_calls\":0,\"driver_calls\":0,"
+      "\"dlsym_lookups\":0,\"proc_address_lookups\":0,\"devices\":[]}\n",
+      format_stats_json(r));
   // Only the process's build_info.
   const std::string prom = format_stats_prometheus(r);
   expect_valid_prometheus(prom);
