@@ -60,6 +60,7 @@ class Shim final : public ControlTarget {
   int pid() const override;
   std::string process_name() const override;
   std::vector<DeviceReport> devices() override;
+  RouteCounts routes() override;
   bool trim(int device, const SizeSpec& keep, std::vector<TrimReport>* out,
             std::string* error) override;
   bool set_option(std::string_view name, std::string_view value, std::string* error,

@@ -103,6 +103,20 @@ std::vector<DeviceReport> Shim::devices() {
   return reports;
 }
 
+RouteCounts Shim::routes() {
+  // Every call reaches the pool through the runtime's names until the driver's are served: the
+  // pools' counters say how many (no counter of its own on the hot path).
+  RouteCounts r;
+  const int slots = pool_slots_.load(std::memory_order_acquire);
+  for (int d = 0; d < slots; ++d) {
+    if (DevicePool* pool = existing_pool(d)) {
+      const PoolStats s = pool->stats();
+      r.runtime_calls += s.app_mallocs + s.app_frees;
+    }
+  }
+  return r;
+}
+
 bool Shim::trim(int device, const SizeSpec& keep, std::vector<TrimReport>* out,
                 std::string* error) {
   const int slots = pool_slots_.load(std::memory_order_acquire);
