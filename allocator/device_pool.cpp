@@ -1068,6 +1068,21 @@ Status DevicePool::check_ipc_base(void* ptr) const {
   return segment_containing(addr) != nullptr ? Status::kInvalidValue : Status::kNotOwned;
 }
 
+Status DevicePool::live_block_range(const void* ptr, void** base, std::size_t* size) const {
+  auto addr = reinterpret_cast<std::uintptr_t>(ptr);
+  std::lock_guard lock(mutex_);
+  const Segment* s = segment_containing(addr);
+  if (s == nullptr) return Status::kNotOwned;
+  for (const Block* b = s->first; b != nullptr; b = b->next) {
+    if (addr < b->addr || addr >= b->addr + b->size) continue;
+    if (b->state != Block::State::kInUse) return Status::kInvalidValue;
+    *base = reinterpret_cast<void*>(b->addr);
+    *size = b->size;
+    return Status::kOk;
+  }
+  return Status::kInvalidValue;
+}
+
 PoolStats DevicePool::stats() const {
   std::lock_guard lock(mutex_);
   PoolStats s = stats_;

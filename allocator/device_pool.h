@@ -94,6 +94,9 @@ class DevicePool {
   // kOk if `ptr` is a live block that starts its segment, kInvalidValue if it is inside a segment
   // otherwise (always, with pages: mapped memory cannot be exported), kNotOwned if not ours.
   Status check_ipc_base(void* ptr) const;
+  // The live block containing `ptr` (cuMemGetAddressRange): kOk with its start and size,
+  // kInvalidValue for an address of the pool that no live block holds, kNotOwned otherwise.
+  Status live_block_range(const void* ptr, void** base, std::size_t* size) const;
   // True when blocks live on pages (docs/pages.md), false with segments.
   bool uses_pages() const { return page_size_ != 0; }
   // Applies Backend::set_access again to every mapped page (after the peers changed).

@@ -26,6 +26,13 @@ bool DriverApi::has_vmm() const {
          cuMemMap != nullptr && cuMemUnmap != nullptr && cuMemSetAccess != nullptr;
 }
 
+bool DriverApi::has_allocation() const {
+  return cuCtxGetCurrent && cuCtxSetCurrent && cuCtxGetDevice && cuCtxSynchronize && cuDeviceGet &&
+         cuDeviceGetCount && cuDevicePrimaryCtxRetain && cuDevicePrimaryCtxReset_v2 &&
+         cuDevicePrimaryCtxGetState && cuMemAlloc_v2 && cuMemFree_v2 && cuMemGetInfo_v2 &&
+         cuIpcGetMemHandle;
+}
+
 const DriverApi* bind_driver_api() {
   if (const DriverApi* api = g_driver.load(std::memory_order_acquire)) return api;
   std::lock_guard lock(g_bind_mutex);
@@ -45,6 +52,19 @@ const DriverApi* bind_driver_api() {
   bind(driver, "cuMemMap", api->cuMemMap);
   bind(driver, "cuMemUnmap", api->cuMemUnmap);
   bind(driver, "cuMemSetAccess", api->cuMemSetAccess);
+  bind(driver, "cuCtxGetCurrent", api->cuCtxGetCurrent);
+  bind(driver, "cuCtxSetCurrent", api->cuCtxSetCurrent);
+  bind(driver, "cuCtxSynchronize", api->cuCtxSynchronize);
+  bind(driver, "cuCtxDestroy_v2", api->cuCtxDestroy_v2);
+  bind(driver, "cuDeviceGetCount", api->cuDeviceGetCount);
+  bind(driver, "cuDevicePrimaryCtxRetain", api->cuDevicePrimaryCtxRetain);
+  bind(driver, "cuDevicePrimaryCtxReset_v2", api->cuDevicePrimaryCtxReset_v2);
+  bind(driver, "cuDevicePrimaryCtxGetState", api->cuDevicePrimaryCtxGetState);
+  bind(driver, "cuMemAlloc_v2", api->cuMemAlloc_v2);
+  bind(driver, "cuMemFree_v2", api->cuMemFree_v2);
+  bind(driver, "cuMemGetInfo_v2", api->cuMemGetInfo_v2);
+  bind(driver, "cuMemGetAddressRange_v2", api->cuMemGetAddressRange_v2);
+  bind(driver, "cuIpcGetMemHandle", api->cuIpcGetMemHandle);
   g_driver.store(api, std::memory_order_release);
   return api;
 }

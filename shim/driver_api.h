@@ -9,6 +9,21 @@ namespace cudapool {
 struct DriverApi {
   CUresult (*cuCtxGetDevice)(CUdevice*) = nullptr;
   CUresult (*cuDeviceGet)(CUdevice*, int) = nullptr;
+  // Contexts and allocations: what the exported cu* functions forward to, and what the pool runs
+  // on where no shared runtime is loaded (driver_runtime.h).
+  CUresult (*cuCtxGetCurrent)(CUcontext*) = nullptr;
+  CUresult (*cuCtxSetCurrent)(CUcontext) = nullptr;
+  CUresult (*cuCtxSynchronize)() = nullptr;
+  CUresult (*cuCtxDestroy_v2)(CUcontext) = nullptr;
+  CUresult (*cuDeviceGetCount)(int*) = nullptr;
+  CUresult (*cuDevicePrimaryCtxRetain)(CUcontext*, CUdevice) = nullptr;
+  CUresult (*cuDevicePrimaryCtxReset_v2)(CUdevice) = nullptr;
+  CUresult (*cuDevicePrimaryCtxGetState)(CUdevice, unsigned*, int*) = nullptr;
+  CUresult (*cuMemAlloc_v2)(CUdeviceptr*, size_t) = nullptr;
+  CUresult (*cuMemFree_v2)(CUdeviceptr) = nullptr;
+  CUresult (*cuMemGetInfo_v2)(size_t*, size_t*) = nullptr;
+  CUresult (*cuMemGetAddressRange_v2)(CUdeviceptr*, size_t*, CUdeviceptr) = nullptr;
+  CUresult (*cuIpcGetMemHandle)(CUipcMemHandle*, CUdeviceptr) = nullptr;
   CUresult (*cuDeviceGetAttribute)(int*, CUdevice_attribute, CUdevice) = nullptr;
   // Virtual memory management (the pool's pages, docs/pages.md).
   CUresult (*cuMemGetAllocationGranularity)(size_t*, const CUmemAllocationProp*,
@@ -26,10 +41,13 @@ struct DriverApi {
 
   // Every function the pool's pages need is there.
   bool has_vmm() const;
+  // Every function the pool needs to run on the driver alone is there.
+  bool has_allocation() const;
 };
 
-// The driver's functions once the runtime has loaded it (RTLD_NOLOAD: only the driver the
-// runtime itself loaded); null before. Thread-safe; the result never changes once non-null.
+// The driver's own functions (never cudapool's exports) once the process has loaded it
+// (RTLD_NOLOAD: only a driver the runtime or the program loaded); null before. Thread-safe; the
+// result never changes once non-null.
 const DriverApi* bind_driver_api();
 
 }  // namespace cudapool

@@ -206,13 +206,13 @@ Policy Shim::policy_for(std::uint64_t device_total) const {
 
 // ---- interposed calls -------------------------------------------------------------------------
 
-cudaError_t Shim::malloc(void** ptr, size_t size) {
+bool Shim::pool_malloc(void** ptr, size_t size, cudaError_t* result) {
   // Zero sizes, null out-pointers and allocations during a capture get the native answer.
-  if (ptr == nullptr || size == 0 || gate_.capture_active()) return rt_.cudaMalloc(ptr, size);
+  if (ptr == nullptr || size == 0 || gate_.capture_active()) return false;
   int device = 0;
-  if (!current_device_.get(&device)) return rt_.cudaMalloc(ptr, size);
+  if (!current_device_.get(&device)) return false;
   DevicePool* pool = this->pool(device);
-  if (pool == nullptr) return rt_.cudaMalloc(ptr, size);
+  if (pool == nullptr) return false;
 
   unsigned failures = CudaBackend::thread_failures();
   void* p = nullptr;
@@ -224,22 +224,24 @@ cudaError_t Shim::malloc(void** ptr, size_t size) {
     if (size >= backtrace_min_) [[unlikely]]
       record_stack(p, size);
     trace_alloc(p, size, device);
-    return cudaSuccess;
+    *result = cudaSuccess;
+    return true;
   }
   if (st == Status::kOutOfMemory && pool->policy().limit != 0) {
-    log_warn_ratelimited("limit", "device {}: cudaMalloc({}) refused: CUDAPOOL_LIMIT reached",
+    log_warn_ratelimited("limit", "device {}: allocation of {} refused: CUDAPOOL_LIMIT reached",
                          device, format_size(size));
-    return cudaErrorMemoryAllocation;
+    *result = cudaErrorMemoryAllocation;
+    return true;
   }
   // The pool could not serve it: the native call gives the native answer (and last error). It
   // may also succeed where a whole segment could not; that block is then simply not pooled. The
   // pool's own failed attempts must not show in cudaGetLastError after a native success.
   if (failures != CudaBackend::thread_failures()) rt_.cudaGetLastError();
-  return rt_.cudaMalloc(ptr, size);
+  return false;
 }
 
-cudaError_t Shim::free(void* ptr) {
-  if (ptr == nullptr) return rt_.cudaFree(ptr);
+bool Shim::pool_free(void* ptr, cudaError_t* result) {
+  if (ptr == nullptr) return false;
   // Forgotten before the block can be handed out again (by another thread, after the free).
   if (backtrace_min_ != kNoBacktrace) [[unlikely]]
     forget_stack(ptr);
@@ -253,15 +255,17 @@ cudaError_t Shim::free(void* ptr) {
     if (st == Status::kOk) {
       if (wake && !g_exiting.load(std::memory_order_relaxed)) releaser_.wake();
       trace_free(ptr, d);
-      return cudaSuccess;
+      *result = cudaSuccess;
+      return true;
     }
     log_warn_ratelimited("invalid-free",
-                         "cudaFree({}): not the start of a live block (double free or interior "
+                         "free of {}: not the start of a live block (double free or interior "
                          "pointer); nothing freed",
                          ptr);
-    return cudaErrorInvalidValue;
+    *result = cudaErrorInvalidValue;
+    return true;
   }
-  return rt_.cudaFree(ptr);  // not ours: cudaMallocAsync, Managed, Pitch, from before a reset...
+  return false;  // not ours: cudaMallocAsync, Managed, Pitch, from before a reset...
 }
 
 cudaError_t Shim::mem_get_info(size_t* free, size_t* total) {
@@ -286,6 +290,23 @@ cudaError_t Shim::mem_get_info(size_t* free, size_t* total) {
   *free = static_cast<size_t>(f);
   *total = static_cast<size_t>(t);
   return err;
+}
+
+bool Shim::block_range(const void* ptr, void** base, size_t* size, cudaError_t* result) {
+  const int slots = pool_slots_.load(std::memory_order_acquire);
+  for (int d = 0; d < slots; ++d) {
+    DevicePool* pool = existing_pool(d);
+    if (pool == nullptr) continue;
+    const Status st = pool->live_block_range(ptr, base, size);
+    if (st == Status::kNotOwned) continue;
+    *result = st == Status::kOk ? cudaSuccess : cudaErrorInvalidValue;
+    return true;
+  }
+  return false;
+}
+
+void Shim::drop_device(int device) {
+  if (DevicePool* pool = existing_pool(device)) pool->drop_all();
 }
 
 cudaError_t Shim::device_reset() {

@@ -39,8 +39,23 @@ class Shim final : public ControlTarget {
   // A call reached the library (the pool may still be off): no "never called" warning at exit.
   static void note_called();
 
-  cudaError_t malloc(void** ptr, size_t size);
-  cudaError_t free(void* ptr);
+  cudaError_t malloc(void** ptr, size_t size) {
+    cudaError_t result;
+    return pool_malloc(ptr, size, &result) ? result : rt_.cudaMalloc(ptr, size);
+  }
+  cudaError_t free(void* ptr) {
+    cudaError_t result;
+    return pool_free(ptr, &result) ? result : rt_.cudaFree(ptr);
+  }
+  // The pool's part of malloc and free, for the runtime's and the driver's entry points alike:
+  // false when the call is not the pool's (the caller makes the native call), else true with the
+  // answer in *result.
+  bool pool_malloc(void** ptr, size_t size, cudaError_t* result);
+  bool pool_free(void* ptr, cudaError_t* result);
+  // The live block holding `ptr` (cuMemGetAddressRange); false when no pool owns the address.
+  bool block_range(const void* ptr, void** base, size_t* size, cudaError_t* result);
+  // The device's memory is gone (its primary context was reset or destroyed): forget it.
+  void drop_device(int device);
   cudaError_t mem_get_info(size_t* free, size_t* total);
   cudaError_t device_reset();
   cudaError_t ipc_get_mem_handle(cudaIpcMemHandle_t* handle, void* ptr);

@@ -1,6 +1,6 @@
 # Checks the dynamic symbol table of a preload library (DESIGN §4.3, §4.12):
-#   - every defined dynamic symbol starts with "cuda" (spdlog, fmt, libunwind and the C++ runtime
-#     stay private);
+#   - every defined dynamic symbol starts with "cuda" or is one of the driver functions the pool
+#     serves (spdlog, fmt, libunwind and the C++ runtime stay private);
 #   - cudaMalloc and cudaFree are among them;
 #   - none carries a version node (so they bind for callers of libcudart.so.12 and .13 alike);
 #   - the library does not depend on libcudart or libcuda.
@@ -27,8 +27,11 @@ foreach(line IN LISTS nm_lines)
   # "<address> <type> <name>[@[@]VERSION]"
   string(REGEX REPLACE "^[0-9a-fA-F]* *[A-Za-z] " "" name "${line}")
   list(APPEND names "${name}")
-  if(NOT name MATCHES "^cuda")
-    string(APPEND problems "  exported symbol that is not a cuda* function: ${name}\n")
+  set(driver_names cuMemAlloc_v2 cuMemFree_v2 cuMemGetInfo_v2 cuMemGetAddressRange_v2
+                   cuIpcGetMemHandle cuDevicePrimaryCtxReset_v2 cuCtxDestroy_v2)
+  if(NOT name MATCHES "^cuda" AND NOT name IN_LIST driver_names)
+    string(APPEND problems "  exported symbol that is neither a cuda* function nor a pooled driver "
+                           "function: ${name}\n")
   endif()
   if(name MATCHES "@")
     string(APPEND problems "  symbol with a version node: ${name}\n")
