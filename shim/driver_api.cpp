@@ -65,6 +65,8 @@ const DriverApi* bind_driver_api() {
   bind(driver, "cuMemGetInfo_v2", api->cuMemGetInfo_v2);
   bind(driver, "cuMemGetAddressRange_v2", api->cuMemGetAddressRange_v2);
   bind(driver, "cuIpcGetMemHandle", api->cuIpcGetMemHandle);
+  bind(driver, "cuGetProcAddress", api->get_proc_address_v1);
+  bind(driver, "cuGetProcAddress_v2", api->get_proc_address_v2);
   g_driver.store(api, std::memory_order_release);
   return api;
 }

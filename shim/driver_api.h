@@ -24,6 +24,11 @@ struct DriverApi {
   CUresult (*cuMemGetInfo_v2)(size_t*, size_t*) = nullptr;
   CUresult (*cuMemGetAddressRange_v2)(CUdeviceptr*, size_t*, CUdeviceptr) = nullptr;
   CUresult (*cuIpcGetMemHandle)(CUipcMemHandle*, CUdeviceptr) = nullptr;
+  // cuGetProcAddress (CUDA 11's, without a status) and cuGetProcAddress_v2: cuda.h makes the
+  // first name a macro for the second, hence these names.
+  CUresult (*get_proc_address_v1)(const char*, void**, int, cuuint64_t) = nullptr;
+  CUresult (*get_proc_address_v2)(const char*, void**, int, cuuint64_t,
+                                  CUdriverProcAddressQueryResult*) = nullptr;
   CUresult (*cuDeviceGetAttribute)(int*, CUdevice_attribute, CUdevice) = nullptr;
   // Virtual memory management (the pool's pages, docs/pages.md).
   CUresult (*cuMemGetAllocationGranularity)(size_t*, const CUmemAllocationProp*,

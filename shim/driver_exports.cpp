@@ -14,7 +14,7 @@
 
 namespace cudapool {
 
-std::atomic<std::uint64_t> g_driver_calls{0};
+std::atomic<std::uint64_t> g_driver_calls{0};  // driver_runtime.h
 
 namespace {
 

@@ -5,6 +5,9 @@
 
 #include <cuda.h>
 
+#include <atomic>
+#include <cstdint>
+
 #include "shim/driver_api.h"
 #include "shim/real_runtime.h"
 
@@ -20,6 +23,12 @@ int driver_ordinal(const DriverApi& drv, CUdevice dev);
 // The current context is `device`'s primary context (the pool serves only those: memory of
 // another context is not the primary context's to share).
 bool current_is_primary(const DriverApi& drv, int* device);
+
+// How calls reached the pool (RouteCounts, `stats`): driver entry points that the pool served, and
+// lookups answered with cudapool's function (entry_points.cpp).
+extern std::atomic<std::uint64_t> g_driver_calls;
+extern std::atomic<std::uint64_t> g_dlsym_lookups;
+extern std::atomic<std::uint64_t> g_proc_address_lookups;
 
 // CUresult for a pool answer, and back.
 CUresult to_cu(cudaError_t err);

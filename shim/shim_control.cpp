@@ -17,6 +17,8 @@
 #include "control/stats_format.h"
 #include "shim/shim.h"
 
+#include "shim/driver_runtime.h"
+
 namespace cudapool {
 namespace {
 
@@ -104,16 +106,21 @@ std::vector<DeviceReport> Shim::devices() {
 }
 
 RouteCounts Shim::routes() {
-  // Every call reaches the pool through the runtime's names until the driver's are served: the
-  // pools' counters say how many (no counter of its own on the hot path).
+  // The runtime's calls are the pools' calls less the driver's: no counter of their own on the
+  // hot path.
   RouteCounts r;
+  r.driver_calls = g_driver_calls.load(std::memory_order_relaxed);
+  r.dlsym_lookups = g_dlsym_lookups.load(std::memory_order_relaxed);
+  r.proc_address_lookups = g_proc_address_lookups.load(std::memory_order_relaxed);
+  std::uint64_t pool_calls = 0;
   const int slots = pool_slots_.load(std::memory_order_acquire);
   for (int d = 0; d < slots; ++d) {
     if (DevicePool* pool = existing_pool(d)) {
       const PoolStats s = pool->stats();
-      r.runtime_calls += s.app_mallocs + s.app_frees;
+      pool_calls += s.app_mallocs + s.app_frees;
     }
   }
+  r.runtime_calls = pool_calls - std::min(pool_calls, r.driver_calls);
   return r;
 }
 
