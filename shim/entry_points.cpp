@@ -16,6 +16,7 @@
 
 #include "shim/driver_api.h"
 #include "shim/driver_runtime.h"
+#include "shim/entry_points.h"
 #include "shim/real_runtime.h"
 
 #define CUDAPOOL_EXPORT extern "C" __attribute__((visibility("default")))
@@ -67,16 +68,22 @@ void* own_function_for(void* real) {
   return own_info.dli_fbase == me.dli_fbase ? own : nullptr;
 }
 
-// The answer to give for a successful lookup made from `caller`.
+// A successful cuGetProcAddress or cudaGetDriverEntryPoint lookup made from `caller`.
 void substitute(void** pfn, const void* caller) {
-  if (pfn == nullptr || *pfn == nullptr || from_runtime_or_self(caller)) return;
-  if (void* own = own_function_for(*pfn)) {
-    *pfn = own;
+  if (substitute_entry_point(pfn, caller))
     g_proc_address_lookups.fetch_add(1, std::memory_order_relaxed);
-  }
 }
 
 }  // namespace
+
+bool substitute_entry_point(void** pfn, const void* caller) {
+  if (pfn == nullptr || *pfn == nullptr || from_runtime_or_self(caller)) return false;
+  void* own = own_function_for(*pfn);
+  if (own == nullptr) return false;
+  *pfn = own;
+  return true;
+}
+
 }  // namespace cudapool
 
 CUDAPOOL_EXPORT CUresult cuGetProcAddress_v2(const char* symbol, void** pfn, int cudaVersion,

@@ -51,6 +51,7 @@
 #include "control/preload.h"
 #include "control/size.h"
 #include "tests/standin/cuda_standin.h"  // the counters' layout only; functions come from dlsym
+#include "tools/native_symbol.h"
 #include "tools/paths.h"
 
 extern char** environ;
@@ -171,7 +172,9 @@ struct DriverApi {
       auto* a = new DriverApi;
       a->init = reinterpret_cast<int (*)(unsigned)>(dlsym(h, "cuInit"));
       a->device_count = reinterpret_cast<int (*)(int*)>(dlsym(h, "cuDeviceGetCount"));
-      a->mem_info = reinterpret_cast<int (*)(size_t*, size_t*)>(dlsym(h, "cuMemGetInfo_v2"));
+      // The device as the driver sees it, not cudapool's answer (tools/native_symbol.h).
+      a->mem_info = reinterpret_cast<int (*)(size_t*, size_t*)>(
+          cudapool::tools::native_symbol("libcuda.so", "cuMemGetInfo_v2"));
       a->device_get = reinterpret_cast<int (*)(int*, int)>(dlsym(h, "cuDeviceGet"));
       a->ctx_get_current = reinterpret_cast<int (*)(void**)>(dlsym(h, "cuCtxGetCurrent"));
       a->ctx_set_current = reinterpret_cast<int (*)(void*)>(dlsym(h, "cuCtxSetCurrent"));

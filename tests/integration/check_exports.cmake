@@ -29,7 +29,7 @@ foreach(line IN LISTS nm_lines)
   list(APPEND names "${name}")
   set(driver_names cuMemAlloc_v2 cuMemFree_v2 cuMemGetInfo_v2 cuMemGetAddressRange_v2
                    cuIpcGetMemHandle cuDevicePrimaryCtxReset_v2 cuCtxDestroy_v2
-                   cuGetProcAddress cuGetProcAddress_v2)
+                   cuGetProcAddress cuGetProcAddress_v2 dlsym)
   if(NOT name MATCHES "^cuda" AND NOT name IN_LIST driver_names)
     string(APPEND problems "  exported symbol that is neither a cuda* function nor a pooled driver "
                            "function: ${name}\n")

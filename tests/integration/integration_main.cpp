@@ -51,10 +51,14 @@ void* runtime_handle() {
   return h;
 }
 
+// The runtime's own function: dlvsym with the runtime's symbol version, since cudapool answers
+// dlsym on the runtime's handle with its own functions (docs/driver-api.md), as it must for
+// programs that look the runtime up that way.
 template <typename Fn>
 void bind(const char* name, Fn*& slot) {
-  slot =
-      runtime_handle() != nullptr ? reinterpret_cast<Fn*>(dlsym(runtime_handle(), name)) : nullptr;
+  slot = runtime_handle() != nullptr
+             ? reinterpret_cast<Fn*>(dlvsym(runtime_handle(), name, "libcudart.so.13"))
+             : nullptr;
 }
 
 template <typename Fn>

@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "tests/standin/cuda_standin.h"  // the counters' layout only; functions come from dlsym
+#include "tools/native_symbol.h"
 
 extern char** environ;
 
@@ -187,9 +188,9 @@ StandinProbe StandinProbe::read() {
 bool device_used_bytes(std::uint64_t* used) {
   using MemInfo = int (*)(size_t*, size_t*);
   static MemInfo mem_info = []() -> MemInfo {
-    void* h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
-    if (h == nullptr) return nullptr;
-    return reinterpret_cast<MemInfo>(dlsym(h, "cuMemGetInfo_v2"));
+    if (dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL) == nullptr) return nullptr;
+    // The device as the driver sees it, not cudapool's answer (tools/native_symbol.h).
+    return reinterpret_cast<MemInfo>(tools::native_symbol("libcuda.so", "cuMemGetInfo_v2"));
   }();
   if (mem_info == nullptr) return false;
   size_t free = 0, total = 0;
