@@ -287,7 +287,21 @@ def scenario_exit_child(fw):
     sys.exit(7)
 
 
+def scenario_ctypes_runtime(fw):
+    """Python's ctypes on libcudart.so (a dlsym on the runtime's handle) reaches the pool."""
+    import ctypes
+    rt = ctypes.CDLL("libcudart.so.13")  # loaded already, by the stand-in cache's library
+    ptr = ctypes.c_void_p()
+    check(rt.cudaMalloc(ctypes.byref(ptr), ctypes.c_size_t(MiB)) == 0, "cudaMalloc")
+    check(rt.cudaFree(ptr) == 0, "cudaFree")
+    report = stats_json()
+    check(report["dlsym_lookups"] >= 2, "the lookups were answered by cudapool: %s" % report)
+    check(report["runtime_calls"] >= 2, "the calls reached the pool: %s" % report)
+    check(report["devices"][0]["app_mallocs"] >= 1, "pooled: %s" % report)
+
+
 SCENARIOS = {
+    "ctypes-runtime": scenario_ctypes_runtime,
     "trim": scenario_trim,
     "watermark": scenario_watermark,
     "idle": scenario_idle,
