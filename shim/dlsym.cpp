@@ -6,12 +6,12 @@
 //
 // RTLD_NEXT means "after the object that called dlsym", which glibc finds from its caller's return
 // address: an interposer that called the real dlsym itself would move that point to itself. So
-// dlsym is a few instructions (x86-64) that jump to the real dlsym for RTLD_NEXT, leaving the
-// return address as it was, and to the hook for every other handle with the caller's return
-// address as a third argument. The real dlsym is found with dlvsym, which cudapool does not
-// interpose, under glibc's versions of it (GLIBC_2.34, where dlsym moved into libc, then
-// GLIBC_2.2.5), on first use: the sanitizers' runtimes call dlsym before any constructor of
-// this library runs.
+// dlsym is a few instructions (x86-64) that jump to the real dlsym for RTLD_NEXT and RTLD_DEFAULT
+// (where cudapool's exports are found first anyway), leaving the return address as it was, and to
+// the hook for every other handle with the caller's return address as a third argument. The real
+// dlsym is found with dlvsym, which cudapool does not interpose, under glibc's versions of it
+// (GLIBC_2.34, where dlsym moved into libc, then GLIBC_2.2.5), on first use: the sanitizers'
+// runtimes call dlsym before any constructor of this library runs.
 #include <dlfcn.h>
 
 #include <atomic>
@@ -33,8 +33,11 @@ extern "C" {
 
 __attribute__((visibility("hidden"))) void* cudapool_real_dlsym = nullptr;
 
-// Finds the real dlsym (first RTLD_NEXT lookup, or the hook's first call).
-__attribute__((visibility("hidden"))) void* cudapool_resolve_dlsym() {
+// Finds the real dlsym (first RTLD_NEXT or RTLD_DEFAULT lookup, or the hook's first call). The
+// sanitizers' runtimes look their functions up this way before they are initialised: no
+// instrumentation here.
+__attribute__((visibility("hidden"), no_sanitize("address", "thread", "undefined"))) void*
+cudapool_resolve_dlsym() {
   void* real = __atomic_load_n(&cudapool_real_dlsym, __ATOMIC_ACQUIRE);
   if (real != nullptr) return real;
   real = dlvsym(RTLD_NEXT, "dlsym", "GLIBC_2.34");
@@ -63,7 +66,10 @@ asm(R"(
 dlsym:
     .cfi_startproc
     cmpq $-1, %rdi                      # RTLD_NEXT
+    je 0f
+    testq %rdi, %rdi                    # RTLD_DEFAULT: cudapool's exports come first anyway
     jne 2f
+0:
     movq cudapool_real_dlsym(%rip), %rax
     testq %rax, %rax
     jz 1f
