@@ -67,7 +67,13 @@ if(DRIVER)
   foreach(sym cuInit cuDriverGetVersion cuDeviceGet cuDeviceGetCount cuDeviceGetAttribute
               cuCtxGetDevice cuCtxGetCurrent cuMemGetAllocationGranularity cuMemCreate
               cuMemRelease cuMemAddressReserve cuMemAddressFree cuMemMap cuMemUnmap
-              cuMemSetAccess cuMemGetAccess standinDriverAttach)
+              cuMemSetAccess cuMemGetAccess standinDriverAttach cuDevicePrimaryCtxRetain
+              cuDevicePrimaryCtxRelease_v2 cuDevicePrimaryCtxReset_v2 cuDevicePrimaryCtxGetState
+              cuCtxSetCurrent cuCtxPushCurrent_v2 cuCtxPopCurrent_v2 cuCtxSynchronize
+              cuCtxDestroy_v2 cuMemAlloc_v2 cuMemFree_v2 cuMemGetInfo_v2 cuMemGetAddressRange_v2
+              cuMemAllocManaged cuMemAllocPitch_v2 cuMemAllocAsync cuMemFreeAsync
+              cuMemAllocAsync_ptsz cuMemFreeAsync_ptsz cuIpcGetMemHandle cuGetProcAddress_v2
+              cuGetProcAddress cuMemAlloc cuMemFree standinGetCounters)
     if(NOT drv MATCHES "[ \t][0-9a-f]+[ \t]+(Base[ \t]+)?${sym}\n")
       message(FATAL_ERROR "${DRIVER} does not export ${sym} (unversioned)")
     endif()

@@ -36,6 +36,14 @@ typedef struct StandinCounters {
   unsigned long long get_device_calls;   /* cudaGetDevice calls, on the caller's current device */
   unsigned long long async_ops; /* operations executed by stream workers (memset, memcpy, host
                                    function, callback, event record, graph launch, free) */
+  /* Appended fields (the ones above keep their offsets). */
+  unsigned long long driver_mallocs; /* successful device allocations made through the driver API
+                                        by a caller other than the stand-in runtime
+                                        (cuMemAlloc_v2, cuMemAllocPitch_v2, cuMemAllocManaged,
+                                        cuMemAllocAsync); the runtime's own cuMemAlloc_v2 calls
+                                        for cudaMalloc count in mallocs */
+  unsigned long long driver_frees;   /* successful cuMemFree_v2/cuMemFreeAsync of such callers
+                                        (of any device allocation, whichever API made it) */
 } StandinCounters;
 
 /* Which API made a device allocation (StandinAllocationInfo.api). */
@@ -44,7 +52,9 @@ enum {
   STANDIN_API_MALLOC_PITCH = 2,
   STANDIN_API_MALLOC_MANAGED = 3,
   STANDIN_API_MALLOC_ASYNC = 4, /* cudaMallocAsync and cudaMallocFromPoolAsync */
-  STANDIN_API_VMM = 5           /* a cuMemMap mapping (base and size: the mapping's) */
+  STANDIN_API_VMM = 5,          /* a cuMemMap mapping (base and size: the mapping's) */
+  STANDIN_API_DRIVER = 6        /* cuMemAlloc_v2 or cuMemAllocPitch_v2 called by a program (the
+                                   driver's managed and async allocations: 3 and 4) */
 };
 
 typedef struct StandinAllocationInfo {

@@ -216,7 +216,7 @@ cudaError_t cudaGetDevice(int* device) {
 cudaError_t cudaSetDevice(int device) {
   STANDIN_ENTER();
   if (!rt().device(device)) return ret(cudaErrorInvalidDevice);
-  tls().device = device;
+  set_runtime_device(device);  // its primary context becomes current (contexts.cpp)
   return cudaSuccess;
 }
 
@@ -262,6 +262,10 @@ cudaError_t cudaGetDeviceProperties_v2(struct cudaDeviceProp* prop, int device) 
 
 cudaError_t cudaDeviceSynchronize(void) {
   STANDIN_ENTER();
+  // Like NVIDIA's runtime: through the driver's cuCtxSynchronize, as cuGetProcAddress answered
+  // (for 13000 the _v2 taking a context; null: the current one). Same work as below.
+  if (auto sync = driver_functions().ctx_synchronize)
+    return ret(static_cast<cudaError_t>(sync(nullptr)));
   const int device = tls().device;
   // Every capture mode forbids it: the capture is invalidated and the call fails.
   if (invalidate_captures(device, nullptr)) return ret(cudaErrorStreamCaptureUnsupported);
@@ -272,16 +276,7 @@ cudaError_t cudaDeviceSynchronize(void) {
 
 cudaError_t cudaDeviceReset(void) {
   STANDIN_ENTER();
-  Runtime& r = rt();
-  const int device = tls().device;
-  drop_captures(device);
-  drain_device(device);
-  // The device's streams (and their handles) are gone; the legacy and per-thread default streams
-  // are implicit and stay usable.
-  for (auto& s : r.streams.take_if([&](Stream& s) { return s.device == device; }))
-    close_stream(s);
-  release_device_allocations(device);  // not counted as frees; cudaMallocAsync memory survives
-  r.device(device)->flags.store(0);
+  reset_device(tls().device);  // contexts.cpp; cudaMallocAsync memory survives
   return cudaSuccess;
 }
 

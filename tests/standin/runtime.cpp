@@ -25,8 +25,20 @@
 //   synchronisation, implicit legacy-stream waits) follow the CUDA capture-mode rules: they fail
 //   with cudaErrorStreamCaptureUnsupported (or ...Implicit), invalidate the capture and count a
 //   capture violation.
-// - Driver (driver.cpp, vmm.cpp): the runtime loads the stand-in libcuda.so.1 at its start and
-//   hands it a table of functions (driver_table.h); the driver's cu* entry points forward there.
+// - Driver (driver.cpp, contexts.cpp, vmm.cpp): the runtime loads the stand-in libcuda.so.1 at its
+//   start and hands it a table of functions (driver_table.h); the driver's cu* entry points
+//   forward there. Like NVIDIA's runtime, the runtime reaches the driver's memory functions
+//   through cuGetProcAddress_v2: cudaMalloc, cudaFree, cudaMemGetInfo and cudaDeviceSynchronize
+//   call cuMemAlloc_v2, cuMemFree_v2, cuMemGetInfo_v2 and cuCtxSynchronize_v2 through pointers it
+//   looked up at its first such call, so an interposer that answers cuGetProcAddress with its own
+//   functions sees the runtime's allocations. Those calls count as runtime calls (mallocs, frees):
+//   the runtime marks its thread while it calls (ThreadState::runtime_driver_call) and the
+//   driver side counts driver_mallocs/driver_frees only for other callers. Contexts: one primary
+//   context per device and a per-thread context stack (ThreadState::ctx_stack); every runtime
+//   call makes the primary context of the runtime's current device current when the thread has
+//   none, cudaSetDevice replaces the top, and driver calls that change the stack move the
+//   runtime's current device with it. A program that loads only the driver gets the runtime
+//   too: the driver's cuInit loads it (RTLD_LOCAL) and calls standinDriverStart.
 //   Virtual memory management (cuMemCreate, cuMemMap, ...) lives in vmm.cpp: physical memory is
 //   memfd-backed and counts on the same held bytes as cudaMalloc; mapped, accessible VMM memory is
 //   device memory to copies.cpp and memory.cpp; queued work that finds its VMM memory unmapped
@@ -46,7 +58,9 @@
 #include <cstdlib>
 #include <ctime>
 #include <string>
+#include <type_traits>
 
+#include "driver_table.h"
 #include "standin_internal.h"
 
 namespace standin {
@@ -67,19 +81,48 @@ void teardown() {
 
 // Like NVIDIA's runtime, which loads libcuda.so.1 at its start: the stand-in driver library in
 // driver/ beside this one, handed the table of runtime functions it forwards to (vmm.cpp).
-void load_driver_library() {
+void* load_driver_library() {
   Dl_info self{};
-  if (dladdr(reinterpret_cast<void*>(&on_fork_child), &self) == 0 || !self.dli_fname) return;
+  if (dladdr(reinterpret_cast<void*>(&on_fork_child), &self) == 0 || !self.dli_fname)
+    return nullptr;
   std::string path = self.dli_fname;
   path = path.substr(0, path.rfind('/') + 1) + "driver/libcuda.so.1";
   void* h = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
   if (h == nullptr) {
     warn("stand-in driver library not loaded: %s", dlerror());
-    return;
+    return nullptr;
   }
   using Attach = void (*)(const StandinDriverTable*);
-  if (auto attach = reinterpret_cast<Attach>(dlsym(h, "standinDriverAttach")))
-    attach(driver_table());
+  auto attach = reinterpret_cast<Attach>(dlsym(h, "standinDriverAttach"));
+  if (attach == nullptr) return nullptr;
+  attach(driver_table());
+  return h;
+}
+
+// NVIDIA's runtime gets its driver entry points from cuGetProcAddress; so does this one, with
+// the cudaVersion it was built for (13000: cuCtxSynchronize is then the _v2 taking a context).
+// Found by dlsym on the driver's handle, so that an interposed dlsym or cuGetProcAddress sees
+// the lookups. Not at the runtime's creation: an interposer's answer may call the runtime.
+DriverFunctions bind_driver_functions(void* driver) {
+  DriverFunctions f;
+  if (driver == nullptr) return f;
+  using GetProcAddress =
+      CUresult (*)(const char*, void**, int, cuuint64_t, CUdriverProcAddressQueryResult*);
+  auto get = reinterpret_cast<GetProcAddress>(dlsym(driver, "cuGetProcAddress_v2"));
+  if (get == nullptr) return f;
+  auto lookup = [&](const char* name, auto* slot) {
+    void* fn = nullptr;
+    CUdriverProcAddressQueryResult status = CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
+    if (get(name, &fn, CUDART_VERSION, CU_GET_PROC_ADDRESS_DEFAULT, &status) == CUDA_SUCCESS)
+      *slot = reinterpret_cast<std::remove_pointer_t<decltype(slot)>>(fn);
+  };
+  DriverFunctions all;
+  lookup("cuMemAlloc", &all.mem_alloc);
+  lookup("cuMemFree", &all.mem_free);
+  lookup("cuMemGetInfo", &all.mem_get_info);
+  lookup("cuCtxSynchronize", &all.ctx_synchronize);
+  if (all.mem_alloc && all.mem_free && all.mem_get_info && all.ctx_synchronize) f = all;
+  return f;
 }
 
 Runtime* create_runtime() {
@@ -98,7 +141,7 @@ Runtime* create_runtime() {
     d->streams.push_back(d->legacy);
     r->devices.push_back(std::move(d));
   }
-  if (r->config.driver_library && !r->config.no_driver) load_driver_library();
+  if (r->config.driver_library && !r->config.no_driver) r->driver_handle = load_driver_library();
   g_init_pid = getpid();
   atexit(teardown);
   pthread_atfork(nullptr, nullptr, on_fork_child);
@@ -112,13 +155,20 @@ Runtime& rt() {
   return *runtime;
 }
 
+const DriverFunctions& driver_functions() {
+  static const DriverFunctions functions = bind_driver_functions(rt().driver_handle);
+  return functions;
+}
+
 int driver_current_device(int* device) {
   Runtime& r = rt();
   if (r.forked_child.load(std::memory_order_relaxed) ||
       r.shutting_down.load(std::memory_order_acquire))
-    return 4;                                         // CUDA_ERROR_DEINITIALIZED
-  if (r.device(tls().device) == nullptr) return 201;  // CUDA_ERROR_INVALID_CONTEXT
-  *device = tls().device;
+    return CUDA_ERROR_DEINITIALIZED;
+  const ThreadState& t = tls();
+  if (t.ctx_stack.empty() || r.device(t.ctx_stack.back()) == nullptr)
+    return CUDA_ERROR_INVALID_CONTEXT;
+  *device = t.ctx_stack.back();
   return 0;
 }
 
@@ -130,6 +180,7 @@ cudaError_t enter() {
   if (r.config.no_driver) return cudaErrorInsufficientDriver;
   if (r.shutting_down.load(std::memory_order_acquire)) return cudaErrorCudartUnloading;
   if (r.devices.empty()) return cudaErrorNoDevice;
+  bind_runtime_context(t, *r.devices[t.device]);
   return cudaSuccess;
 }
 
@@ -189,6 +240,8 @@ void read_counters(Device& d, StandinCounters* c) {
   c->capture_violations = k.capture_violations.load();
   c->get_device_calls = k.get_device_calls.load();
   c->async_ops = k.async_ops.load();
+  c->driver_mallocs = k.driver_mallocs.load();
+  c->driver_frees = k.driver_frees.load();
 }
 
 void add_counters(StandinCounters* sum, const StandinCounters& c) {
@@ -204,6 +257,8 @@ void add_counters(StandinCounters* sum, const StandinCounters& c) {
   sum->capture_violations += c.capture_violations;
   sum->get_device_calls += c.get_device_calls;
   sum->async_ops += c.async_ops;
+  sum->driver_mallocs += c.driver_mallocs;
+  sum->driver_frees += c.driver_frees;
 }
 
 // STANDIN_COUNTERS_FILE: the device-summed counters, one line of key=value pairs, at exit.
@@ -238,12 +293,12 @@ void write_counters_file() {
           "vmm_create_failures=%llu vmm_releases=%llu vmm_maps=%llu vmm_unmaps=%llu "
           "vmm_set_access_calls=%llu vmm_reserves=%llu vmm_address_frees=%llu "
           "vmm_other_failures=%llu vmm_bytes_physical=%llu vmm_pages_mapped=%llu "
-          "vmm_unmapped_accesses=%llu\n",
+          "vmm_unmapped_accesses=%llu driver_mallocs=%llu driver_frees=%llu\n",
           c.mallocs, c.malloc_failures, c.frees, c.free_failures, c.bytes_held, c.peak_bytes_held,
           c.device_syncs, c.implicit_syncs, c.stream_syncs, c.capture_violations,
           c.get_device_calls, c.async_ops, v.creates, v.create_failures, v.releases, v.maps,
           v.unmaps, v.set_access_calls, v.reserves, v.address_frees, v.other_failures,
-          v.bytes_physical, v.pages_mapped, v.unmapped_accesses);
+          v.bytes_physical, v.pages_mapped, v.unmapped_accesses, c.driver_mallocs, c.driver_frees);
   const bool ok = fclose(f) == 0;
   if (!ok || rename(tmp.c_str(), g_counters_path->c_str()) != 0) {
     warn("cannot write STANDIN_COUNTERS_FILE %s", g_counters_path->c_str());
@@ -287,7 +342,7 @@ void standinResetCounters(void) {
     Counters& k = d->counters;
     for (auto* a : {&k.mallocs, &k.malloc_failures, &k.frees, &k.free_failures, &k.device_syncs,
                     &k.implicit_syncs, &k.stream_syncs, &k.capture_violations, &k.get_device_calls,
-                    &k.async_ops})
+                    &k.async_ops, &k.driver_mallocs, &k.driver_frees})
       a->store(0);
     k.peak_bytes_held.store(d->held_bytes.load());
     VmmCounters& v = d->vmm;  // bytes_physical and pages_mapped are live figures
@@ -300,6 +355,15 @@ void standinResetCounters(void) {
 
 int standinIsStandin(void) {
   return 1;
+}
+
+// The stand-in driver's cuInit, in a process where the runtime had not attached it: the runtime
+// starts and hands `attach` its table (unless STANDIN_NO_DRIVER: no driver may work).
+int standinDriverStart(void (*attach)(const StandinDriverTable*)) {
+  Runtime& r = rt();
+  if (r.config.no_driver || attach == nullptr) return CUDA_ERROR_NOT_INITIALIZED;
+  attach(driver_table());
+  return 0;
 }
 
 void standinSetOtherMemory(int device, unsigned long long bytes) {

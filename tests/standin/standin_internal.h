@@ -17,6 +17,10 @@
 #include <unordered_map>
 #include <vector>
 
+// The driver API's types (the driver's functions are called through pointers only). Included
+// before __CUDA_API_VERSION_INTERNAL is set, so it declares the current (_v2) names only.
+#include <cuda.h>
+
 // Declare every entry point the real runtime exports: the plain names and the per-thread
 // default-stream variants (_ptds/_ptsz) that programs built with CUDA_API_PER_THREAD_DEFAULT_STREAM
 // reference. The declarations get default visibility; everything else is hidden
@@ -83,6 +87,13 @@ struct ThreadState {
   int device = 0;
   cudaStreamCaptureMode capture_mode = cudaStreamCaptureModeGlobal;
   bool in_worker = false;  // stream worker threads may not call the API
+  // The driver's context stack (device ordinals of primary contexts; the back is current). When
+  // not empty, `device` equals its back: the runtime's current device and the driver's current
+  // context agree (contexts.cpp).
+  std::vector<int> ctx_stack;
+  // Set while the runtime calls the driver for its own cudaMalloc/cudaFree (memory.cpp): such
+  // allocations count as runtime calls (mallocs, frees), not driver_mallocs/driver_frees.
+  bool runtime_driver_call = false;
   std::vector<std::shared_ptr<Stream>> per_thread_streams;  // index: device
   ~ThreadState();
 };
@@ -211,7 +222,7 @@ void drop_captures(int device);
 
 // ---------------------------------------------------------------------------------------------
 // Memory (memory.cpp).
-enum class AllocApi { kMalloc = 1, kPitch = 2, kManaged = 3, kAsync = 4 };
+enum class AllocApi { kMalloc = 1, kPitch = 2, kManaged = 3, kAsync = 4, kDriver = 6 };
 struct Allocation {
   size_t size = 0;       // as requested
   size_t mapped = 0;     // bytes mmapped
@@ -233,6 +244,10 @@ bool find_device_range(const void* p, size_t n, Allocation* out, uintptr_t* base
 bool known_range(const void* p, size_t n);
 // Frees every non-stream-ordered allocation of a device without counting frees.
 void release_device_allocations(int device);
+// cudaFree's work after its entry checks (driver_api: count driver_frees, else frees).
+cudaError_t free_device(void* p, bool driver_api);
+// cudaMemGetInfo of a valid device.
+void mem_get_info(int device, size_t* free, size_t* total);
 
 // ---------------------------------------------------------------------------------------------
 // Virtual memory management: the driver's cuMemCreate/cuMemMap family (vmm.cpp).
@@ -265,6 +280,29 @@ struct VmmMappingInfo {
 bool vmm_find_mapping(const void* p, VmmMappingInfo* out);
 // The table the runtime hands the stand-in driver (driver.cpp).
 const StandinDriverTable* driver_table();
+// Its entries for contexts (contexts.cpp) and device memory (memory.cpp): driver_table.h.
+void ctx_get_current(int* ordinal);
+CUresult ctx_set_current(int ordinal);
+CUresult ctx_push(int ordinal);
+CUresult ctx_pop(int* ordinal);
+CUresult primary_retain(int ordinal);
+CUresult primary_release(int ordinal);
+CUresult primary_reset(int ordinal);
+CUresult primary_state(int ordinal, unsigned* flags, int* active);
+CUresult ctx_destroy(int ordinal);
+CUresult ctx_synchronize(int ordinal);
+CUresult driver_mem_alloc(CUdeviceptr* dptr, size_t bytesize, int ordinal);
+CUresult driver_mem_alloc_pitch(CUdeviceptr* dptr, size_t* pitch, size_t width, size_t height,
+                                unsigned element_size, int ordinal);
+CUresult driver_mem_alloc_managed(CUdeviceptr* dptr, size_t bytesize, unsigned flags, int ordinal);
+CUresult driver_mem_alloc_async(CUdeviceptr* dptr, size_t bytesize, CUstream stream,
+                                bool per_thread);
+CUresult driver_mem_free(CUdeviceptr dptr);
+CUresult driver_mem_free_async(CUdeviceptr dptr, CUstream stream, bool per_thread);
+CUresult driver_mem_get_info(size_t* free, size_t* total, int ordinal);
+CUresult driver_mem_get_address_range(CUdeviceptr* base, size_t* size, CUdeviceptr dptr);
+CUresult driver_ipc_get_mem_handle(CUipcMemHandle* handle, CUdeviceptr dptr);
+cudaError_t ipc_get_handle(cudaIpcMemHandle_t* handle, void* devPtr);
 
 // ---------------------------------------------------------------------------------------------
 // Handles: opaque values that never repeat, so a stale handle is always detected.
@@ -336,7 +374,7 @@ struct MemPool {
 struct Counters {
   std::atomic<uint64_t> mallocs{0}, malloc_failures{0}, frees{0}, free_failures{0},
       peak_bytes_held{0}, device_syncs{0}, implicit_syncs{0}, stream_syncs{0},
-      capture_violations{0}, get_device_calls{0}, async_ops{0};
+      capture_violations{0}, get_device_calls{0}, async_ops{0}, driver_mallocs{0}, driver_frees{0};
 };
 
 struct VmmCounters {  // StandinVmmCounters (cuda_standin.h)
@@ -359,6 +397,10 @@ struct Device {
   std::vector<std::shared_ptr<Stream>> streams;  // guarded by streams_mu: every stream with
                                                  // possibly pending work (legacy included)
   std::shared_ptr<Stream> legacy;
+  // The primary context (contexts.cpp): active while retained through the driver or used by the
+  // runtime (since its start or the last reset).
+  std::atomic<int> primary_retains{0};
+  std::atomic<bool> primary_runtime_active{false};
 };
 
 struct WorkerSlot {
@@ -369,6 +411,7 @@ struct WorkerSlot {
 struct Runtime {
   Config config;
   std::vector<std::unique_ptr<Device>> devices;
+  void* driver_handle = nullptr;           // the stand-in libcuda.so.1 the runtime loaded, if any
   std::atomic<bool> shutting_down{false};  // after the atexit teardown: calls return Unloading
   std::atomic<bool> forked_child{false};   // in a fork child: calls return InitializationError
 
@@ -419,6 +462,41 @@ void delay_with_jitter_us(uint64_t base);
 void note_held_peak(Device& d, uint64_t held);
 // The current context's device, for the stand-in driver. 0 or a CUresult.
 int driver_current_device(int* device);
+// Makes the primary context of the runtime's current device current when the thread has no
+// current context, and marks it used by the runtime (every runtime call, from enter()).
+inline void bind_runtime_context(ThreadState& t, Device& d) {
+  if (t.ctx_stack.empty()) t.ctx_stack.push_back(t.device);
+  if (!d.primary_runtime_active.load(std::memory_order_relaxed))
+    d.primary_runtime_active.store(true, std::memory_order_relaxed);
+}
+// The runtime's current device changes (cudaSetDevice): its primary context becomes current.
+void set_runtime_device(int device);
+// cudaDeviceReset of a valid device: drains it, destroys its streams, frees its allocations
+// (not stream-ordered ones), clears its flags; the primary context is no longer used.
+void reset_device(int device);
+// The driver functions the runtime calls for cudaMalloc, cudaFree, cudaMemGetInfo and
+// cudaDeviceSynchronize, obtained through the driver's cuGetProcAddress_v2 (cudaVersion 13000)
+// at the first such call, as NVIDIA's runtime obtains its driver functions. Null members (no
+// driver library): the runtime calls its own implementation directly.
+struct DriverFunctions {
+  CUresult (*mem_alloc)(CUdeviceptr* dptr, size_t bytesize) = nullptr;  // cuMemAlloc_v2
+  CUresult (*mem_free)(CUdeviceptr dptr) = nullptr;                     // cuMemFree_v2
+  CUresult (*mem_get_info)(size_t* free, size_t* total) = nullptr;      // cuMemGetInfo_v2
+  CUresult (*ctx_synchronize)(CUcontext ctx) = nullptr;  // cuCtxSynchronize_v2 (13000's)
+};
+const DriverFunctions& driver_functions();
+// While alive, driver calls of this thread are the runtime's own
+// (ThreadState::runtime_driver_call).
+class RuntimeDriverCall {
+ public:
+  RuntimeDriverCall() : saved_(tls().runtime_driver_call) { tls().runtime_driver_call = true; }
+  ~RuntimeDriverCall() { tls().runtime_driver_call = saved_; }
+  RuntimeDriverCall(const RuntimeDriverCall&) = delete;
+  RuntimeDriverCall& operator=(const RuntimeDriverCall&) = delete;
+
+ private:
+  bool saved_;
+};
 // An attribute of a valid device as cudaDeviceGetAttribute answers it; false if unknown.
 bool device_attribute(int attr, int device, int* value);
 
