@@ -6,11 +6,15 @@
 //   1  the process refused the command (ERR <reason>)
 //   2  usage error (unknown subcommand or option, bad value)
 //   3  no such process, no control pipe, no answer in time
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -27,6 +31,7 @@
 #include "control/preload.h"
 #include "control/size.h"
 #include "control/stats_format.h"
+#include "tools/doctor.h"
 #include "tools/metrics_server.h"
 #include "tools/plot/timeline_chart.h"
 
@@ -41,8 +46,9 @@ constexpr int kExitNoProcess = 3;
 using Args = std::vector<std::string>;
 
 struct Global {
-  std::string dir;   // control folder
-  std::string root;  // --root: every subfolder is a control folder (one per pod)
+  std::string dir;         // control folder
+  bool dir_given = false;  // --dir on the command line (doctor: else the process's own folder)
+  std::string root;        // --root: every subfolder is a control folder (one per pod)
   std::chrono::milliseconds timeout{5000};
 };
 
@@ -72,6 +78,8 @@ constexpr std::string_view kMainHelp =
     "  snapshot PID [--top N] [--json]\n"
     "                                 who holds the GPU memory: live bytes by allocation stack\n"
     "  plot FILE.csv [-o FILE.svg]    draw a timeline (CUDAPOOL_TIMELINE_FILE) as SVG\n"
+    "  doctor PID | [--wait MS] -- CMD ARGS...\n"
+    "                                 why a process is or is not pooled, and what to do\n"
     "\n"
     "global options:\n"
     "  --dir DIR       control folder (default: $CUDAPOOL_CONTROL_DIR, else\n"
@@ -151,6 +159,21 @@ const std::map<std::string, std::string_view, std::less<>>& command_help_texts()
        "usage: cudapoolctl plot FILE.csv [-o FILE.svg]\n"
        "Draws a timeline written with CUDAPOOL_TIMELINE_FILE: held and in-use bytes per device\n"
        "over time, release events marked. Default output: FILE.csv with .svg instead of .csv.\n"},
+      {"doctor",
+       "usage: cudapoolctl doctor [--json] PID\n"
+       "       cudapoolctl doctor [--json] [--wait MS] [--library PATH] -- CMD [ARGS...]\n"
+       "Says whether a process is pooled and why not: is libcudapool.so mapped, LD_PRELOAD and\n"
+       "CUDAPOOL_* in its environment, which CUDA runtime (shared libcudart, or linked statically\n"
+       "into the executable or a library) and driver it has mapped, what cudapool saw (the\n"
+       "control pipe's runtime_calls, driver_calls, dlsym_lookups, proc_address_lookups and per\n"
+       "device held, in use and framework), which framework caches sit in front (PyTorch, CuPy,\n"
+       "JAX/XLA, numba), then what to do, one line each.\n"
+       "With -- it starts CMD with the library preloaded (as `run`), waits for its first CUDA\n"
+       "activity (its control pipe; without the library: the driver mapped), its end, or MS\n"
+       "milliseconds (default 10000), diagnoses it, and waits for it to end: its exit code is\n"
+       "reported. With --json the report is one JSON object on stdout (CMD's stdout goes to\n"
+       "stderr). Exit codes: 0 diagnosed, 2 usage error, 3 no such process; with --, 126/127\n"
+       "when CMD cannot be run.\n"},
       {"options",
        "usage: cudapoolctl options\n"
        "The options table: every CUDAPOOL_* variable, its default and whether `set` can change "
@@ -777,6 +800,222 @@ int cmd_options(const Args& args) {
   return kExitOk;
 }
 
+// ---- doctor (tools/doctor.h, docs/doctor.md) ---------------------------------------------------
+
+std::optional<std::string> doctor_dir(const Global& g) {
+  return g.dir_given ? std::optional<std::string>(g.dir) : std::nullopt;
+}
+
+// The whole diagnosis of a live process (or of its last snapshot when `gone`).
+doctor::Diagnosis diagnose(const Global& g, const doctor::Snapshot& s, bool gone) {
+  doctor::Diagnosis d;
+  doctor::diagnose_snapshot(s, gone ? "" : "/proc/" + std::to_string(s.pid) + "/exe", &d);
+  if (gone) {
+    d.pipe_error = "not asked: the process ended";
+  } else {
+    doctor::ask_pipe(pipe_path(doctor::control_folder(s, doctor_dir(g)), s.pid), g.timeout, &d);
+  }
+  return d;
+}
+
+void print_diagnosis(doctor::Diagnosis* d, bool json) {
+  d->advice = doctor::advise(*d);
+  const std::string text = json ? doctor::format_json(*d) : doctor::format_text(*d);
+  std::fputs(text.c_str(), stdout);
+  std::fflush(stdout);
+}
+
+// True once the started command shows CUDA activity: with the library mapped, its control pipe
+// exists (made at the first CUDA call); without it, the driver is mapped.
+bool shows_cuda_activity(const Global& g, const doctor::Snapshot& s) {
+  bool library = false, driver = false;
+  for (const doctor::MappedFile& f : doctor::mapped_files(s.maps)) {
+    const doctor::LibraryKind kind = doctor::classify_library(f.path);
+    library = library || kind == doctor::LibraryKind::kCudapool;
+    driver = driver || kind == doctor::LibraryKind::kDriver;
+  }
+  if (!library) return driver;
+  struct stat st {};
+  return lstat(pipe_path(doctor::control_folder(s, doctor_dir(g)), s.pid).c_str(), &st) == 0;
+}
+
+// True once the dynamic loader has mapped the libraries (something besides the executable and
+// the loader itself): earlier snapshots would miss the preloaded library.
+bool loader_done(const doctor::Snapshot& s) {
+  for (const doctor::MappedFile& f : doctor::mapped_files(s.maps)) {
+    const std::string base = f.path.substr(f.path.rfind('/') + 1);
+    if (f.path != s.exe && base.rfind("ld-", 0) != 0) return true;
+  }
+  return false;
+}
+
+int doctor_command(const Global& g, const Args& argv, long long wait_ms, bool json,
+                   const std::string& library) {
+  const std::string lib = find_library(library);
+  if (lib.empty() || access(lib.c_str(), R_OK) != 0) {
+    std::fprintf(stderr,
+                 "cudapoolctl doctor: libcudapool.so not found beside cudapoolctl, in ../lib or "
+                 "in %s/%s; use --library PATH\n",
+                 CUDAPOOL_INSTALL_PREFIX, CUDAPOOL_INSTALL_LIBDIR);
+    return kExitNoProcess;
+  }
+  // The child reports a failed exec through a close-on-exec pipe: EOF means CMD runs.
+  int report[2];
+  if (pipe2(report, O_CLOEXEC) != 0) {
+    std::fprintf(stderr, "cudapoolctl doctor: pipe: %s\n", std::strerror(errno));
+    return kExitNoProcess;
+  }
+  std::fflush(nullptr);
+  const pid_t child = fork();
+  if (child < 0) {
+    std::fprintf(stderr, "cudapoolctl doctor: fork: %s\n", std::strerror(errno));
+    return kExitNoProcess;
+  }
+  if (child == 0) {
+    close(report[0]);
+    setenv("LD_PRELOAD", preload_with_cudapool(std::getenv("LD_PRELOAD"), lib).c_str(), 1);
+    if (json) dup2(STDERR_FILENO, STDOUT_FILENO);  // stdout is the report's
+    std::vector<char*> args;
+    for (const std::string& a : argv)
+      args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    execvp(args[0], args.data());
+    const int e = errno;
+    (void)!write(report[1], &e, sizeof e);
+    _exit(127);
+  }
+  close(report[1]);
+  int exec_errno = 0;
+  ssize_t got;
+  do {
+    got = read(report[0], &exec_errno, sizeof exec_errno);
+  } while (got < 0 && errno == EINTR);
+  close(report[0]);
+  if (got == static_cast<ssize_t>(sizeof exec_errno)) {
+    waitpid(child, nullptr, 0);
+    std::fprintf(stderr, "cudapoolctl doctor: cannot run %s: %s\n", argv[0].c_str(),
+                 std::strerror(exec_errno));
+    return exec_errno == ENOENT ? 127 : 126;
+  }
+  // Ctrl-C reaches the command; doctor stays to report how it ended.
+  std::signal(SIGINT, SIG_IGN);
+  std::signal(SIGQUIT, SIG_IGN);
+
+  doctor::Snapshot last;
+  bool have_last = false, ended = false;
+  const auto started = std::chrono::steady_clock::now();
+  const auto deadline = started + std::chrono::milliseconds(wait_ms);
+  for (;;) {
+    siginfo_t info{};
+    ended = waitid(P_PID, static_cast<id_t>(child), &info, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+            info.si_pid == child;
+    if (ended) break;
+    doctor::Snapshot s;
+    std::string error;
+    if (doctor::take_snapshot(child, &s, &error) && s.maps_read &&
+        (!have_last || loader_done(s) || !loader_done(last))) {
+      last = std::move(s);
+      have_last = true;
+      if (shows_cuda_activity(g, last)) break;
+    }
+    const auto now = std::chrono::steady_clock::now();
+    if (now >= deadline) break;
+    // Often at first, to see a short-lived command's libraries; then every 20 ms.
+    std::this_thread::sleep_for(now - started < std::chrono::milliseconds(200)
+                                    ? std::chrono::microseconds(500)
+                                    : std::chrono::microseconds(20000));
+  }
+  doctor::Diagnosis d;
+  if (!ended) {
+    doctor::Snapshot now;
+    std::string error;
+    if (doctor::take_snapshot(child, &now, &error) && now.maps_read &&
+        (!have_last || loader_done(now) || !loader_done(last))) {
+      last = std::move(now);
+      have_last = true;
+    }
+  }
+  if (have_last) {
+    d = diagnose(g, last, ended);
+  } else {
+    d.pid = child;
+    d.maps_error = "the process ended before it could be read";
+    d.pipe_error = "not asked: the process ended";
+  }
+  d.started = true;
+  d.argv = argv;
+  d.exited = ended;
+  d.seen_too_early = ended && have_last && !loader_done(last);
+  if (!json) {
+    print_diagnosis(&d, false);
+    d.advice.clear();
+  }
+  int status = 0;
+  while (waitpid(child, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (WIFEXITED(status)) d.exit_code = WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) d.exit_signal = WTERMSIG(status);
+  if (json) {
+    print_diagnosis(&d, true);
+  } else if (d.exit_code) {
+    std::printf("command exited with code %d\n", *d.exit_code);
+  } else if (d.exit_signal) {
+    std::printf("command ended by signal %d\n", *d.exit_signal);
+  }
+  return kExitOk;
+}
+
+int cmd_doctor(const Global& g, const Args& args) {
+  bool json = false;
+  long long wait_ms = 10000;
+  std::string library;
+  std::string pid_text;
+  bool command_follows = false;
+  std::size_t i = 0;
+  for (; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a == "--") {
+      ++i;
+      command_follows = true;
+      break;
+    }
+    if (a == "--json") {
+      json = true;
+    } else if (a == "--wait" || a == "--library") {
+      if (i + 1 >= args.size()) return usage_error("doctor", a + " needs a value");
+      const std::string& v = args[++i];
+      if (a == "--library") {
+        library = v;
+      } else if (!parse_int(v, 0, 3600000, &wait_ms)) {
+        return usage_error("doctor", "bad --wait " + v + " (milliseconds, 0 to 3600000)");
+      }
+    } else if (pid_text.empty() && !a.empty() && a[0] != '-') {
+      pid_text = a;
+    } else {
+      return usage_error("doctor", "unexpected argument " + a);
+    }
+  }
+  if (command_follows) {
+    if (!pid_text.empty()) return usage_error("doctor", "give a PID or -- CMD, not both");
+    if (i >= args.size()) return usage_error("doctor", "no command after --");
+    return doctor_command(g, Args(args.begin() + static_cast<std::ptrdiff_t>(i), args.end()),
+                          wait_ms, json, library);
+  }
+  if (pid_text.empty()) return usage_error("doctor", "which process? cudapoolctl doctor PID");
+  int pid = 0;
+  if (!parse_pid(pid_text, &pid))
+    return usage_error("doctor", "not a process id: \"" + pid_text + "\" (a number)");
+  doctor::Snapshot s;
+  std::string error;
+  if (!doctor::take_snapshot(pid, &s, &error)) {
+    std::fprintf(stderr, "cudapoolctl doctor: %s\n", error.c_str());
+    return kExitNoProcess;
+  }
+  doctor::Diagnosis d = diagnose(g, s, /*gone=*/false);
+  print_diagnosis(&d, json);
+  return kExitOk;
+}
+
 int main_impl(int argc, char** argv) {
   Args args(argv + 1, argv + argc);
   Global g;
@@ -789,6 +1028,7 @@ int main_impl(int argc, char** argv) {
       if (i + 1 >= args.size()) return usage_error("", a + " needs a value");
       if (a == "--dir") {
         g.dir = args[++i];
+        g.dir_given = true;
       } else if (a == "--root") {
         g.root = args[++i];
       } else {
@@ -822,7 +1062,10 @@ int main_impl(int argc, char** argv) {
   // `run` passes everything after its own options to the program: only its own --help counts.
   const bool run_help =
       command == "run" && !rest.empty() && (rest[0] == "--help" || rest[0] == "-h");
-  if ((command != "run" && wants_help(rest)) || run_help) {
+  // doctor: a --help after `--` is CMD's.
+  Args doctor_own(rest.begin(), std::find(rest.begin(), rest.end(), std::string("--")));
+  const bool own_help = command == "doctor" ? wants_help(doctor_own) : wants_help(rest);
+  if ((command != "run" && own_help) || run_help) {
     std::fputs(std::string(help->second).c_str(), stdout);
     return kExitOk;
   }
@@ -838,6 +1081,7 @@ int main_impl(int argc, char** argv) {
   if (command == "options") return cmd_options(rest);
   if (command == "snapshot") return cmd_snapshot(g, rest);
   if (command == "plot") return cmd_plot(rest);
+  if (command == "doctor") return cmd_doctor(g, rest);
   return usage_error("", "unknown command " + command);
 }
 
