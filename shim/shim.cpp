@@ -62,9 +62,9 @@ __attribute__((destructor)) void warn_if_never_called() {
     if (options.disable) return;
     log_init(options);
     log_warn(
-        "this process used the CUDA driver without a shared CUDA runtime, so no cudaMalloc "
-        "reached cudapool and nothing was pooled: its runtime is linked statically (nvcc's "
-        "default; rebuild with -cudart shared) or it allocates through the driver API");
+        "this process used the CUDA driver, but no cudaMalloc reached cudapool, through the "
+        "runtime or the driver, and nothing was pooled; `cudapoolctl doctor -- COMMAND` says "
+        "how it allocates (docs/doctor.md)");
   } catch (...) {
   }
 }
