@@ -91,7 +91,7 @@ TEST(NeverCalled, ExitWarnsOnceWhenTheDriverRanWithoutASharedRuntime) {
   ProcessResult r = run_driver_only(EnvChanges{});
   EXPECT_EQ(0, r.exit_code) << describe(r);
   EXPECT_EQ(1u, count_of(r.output, kNeverCalled)) << describe(r);
-  EXPECT_NE(std::string::npos, r.output.find("-cudart shared")) << describe(r);
+  EXPECT_NE(std::string::npos, r.output.find("cudapoolctl doctor")) << describe(r);
 }
 
 TEST(NeverCalled, NoWarningWithoutTheDriverOrWhenSilenced) {
