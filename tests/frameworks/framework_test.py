@@ -300,8 +300,28 @@ def scenario_ctypes_runtime(fw):
     check(report["devices"][0]["app_mallocs"] >= 1, "pooled: %s" % report)
 
 
+def scenario_ctypes_driver(fw):
+    """ctypes on libcuda.so.1, as numba allocates: dlsym on the driver's handle reaches the pool."""
+    import ctypes
+    first = fw.alloc(MiB)  # the runtime starts and loads its driver
+    drv = ctypes.CDLL("libcuda.so.1")
+    dev, ctx, ptr = ctypes.c_int(), ctypes.c_void_p(), ctypes.c_uint64()
+    check(drv.cuInit(0) == 0, "cuInit")
+    check(drv.cuDeviceGet(ctypes.byref(dev), 0) == 0, "cuDeviceGet")
+    check(drv.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev) == 0, "retain")
+    check(drv.cuCtxSetCurrent(ctx) == 0, "cuCtxSetCurrent")
+    for _ in range(100):
+        check(drv.cuMemAlloc_v2(ctypes.byref(ptr), ctypes.c_size_t(MiB)) == 0, "cuMemAlloc_v2")
+        check(drv.cuMemFree_v2(ptr) == 0, "cuMemFree_v2")
+    report = stats_json()
+    check(report["driver_calls"] == 200, "the driver calls were the pool's: %s" % report)
+    check(report["dlsym_lookups"] >= 2, "through cudapool's answers to dlsym: %s" % report)
+    del first
+
+
 SCENARIOS = {
     "ctypes-runtime": scenario_ctypes_runtime,
+    "ctypes-driver": scenario_ctypes_driver,
     "trim": scenario_trim,
     "watermark": scenario_watermark,
     "idle": scenario_idle,
