@@ -7,7 +7,9 @@
 #include <cuda.h>
 #include <dlfcn.h>
 
+#include <cstdlib>
 #include <random>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -102,6 +104,32 @@ TEST(DriverApi, TheDriversErrorCodes) {
   EXPECT_GT(total, 0u);
 }
 
+#endif
+
+#if DRIVER_TEST_KIND == 1 || DRIVER_TEST_KIND == 3
+TEST(DriverApi, AnInjectedDriverFailureIsAbsorbedAndTheProcessKeepsWorking) {
+  use_device0();
+  auto inject = reinterpret_cast<void (*)(int)>(
+      dlsym(dlopen("libcudart.so.13", RTLD_NOW | RTLD_NOLOAD), "standinInjectMallocFailures"));
+  ASSERT_NE(nullptr, inject);
+  const unsigned long long failures = counters().malloc_failures;
+  inject(1);  // the next allocation the pool asks the driver for fails once (segments)
+  CUdeviceptr p = 0;
+  EXPECT_EQ(CUDA_SUCCESS, cuMemAlloc_v2(&p, 40 * kMiB + 3));
+  fill_pattern(reinterpret_cast<void*>(p), 4096, 9);
+  CUdeviceptr q = 0;
+  EXPECT_EQ(CUDA_SUCCESS, cuMemAlloc_v2(&q, 40 * kMiB + 3));
+  EXPECT_EQ(-1, pattern_mismatch(reinterpret_cast<void*>(p), 4096, 9));
+  EXPECT_EQ(CUDA_SUCCESS, cuMemFree_v2(p));
+  EXPECT_EQ(CUDA_SUCCESS, cuMemFree_v2(q));
+  // On segments the pool's own allocation took the failure; with pages it allocates with
+  // cuMemCreate, which the injection does not reach.
+  const char* vmm = std::getenv("CUDAPOOL_VMM");
+  if (vmm != nullptr && std::string(vmm) == "off") {
+    EXPECT_EQ(failures + 1, counters().malloc_failures) << "the injected failure did not happen";
+  }
+  inject(0);
+}
 #endif
 
 #if DRIVER_TEST_KIND == 1
