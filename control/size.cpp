@@ -3,6 +3,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <limits>
 
 namespace cudapool {
@@ -227,6 +228,23 @@ bool parse_duration_ms(std::string_view text, std::chrono::milliseconds* out, st
 
 std::string format_duration_ms(std::chrono::milliseconds duration) {
   return std::to_string(duration.count());
+}
+
+std::string short_size(std::uint64_t bytes) {
+  static const char* const kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(bytes);
+  int unit = 0;
+  while (v >= 1024 && unit < 4) {
+    v /= 1024;
+    ++unit;
+  }
+  char buf[32];
+  if (unit == 0) {
+    std::snprintf(buf, sizeof buf, "%llu B", static_cast<unsigned long long>(bytes));
+  } else {
+    std::snprintf(buf, sizeof buf, "%.2f %s", v, kUnits[unit]);
+  }
+  return buf;
 }
 
 }  // namespace cudapool

@@ -50,6 +50,8 @@ bool parse_size(std::string_view text, bool allow_percent, SizeSpec* out, std::s
 std::string format_size(uint64_t bytes);
 // As above, or "10%" / "12.5%" for a percentage.
 std::string format_size(const SizeSpec& size);
+// "1.50 GiB": short sizes for people (format_size is exact and re-parsable, this one is not).
+std::string short_size(std::uint64_t bytes);
 
 // Parses a duration (syntax above) into milliseconds. Same error convention as parse_size.
 bool parse_duration_ms(std::string_view text, std::chrono::milliseconds* out, std::string* error);

@@ -15,24 +15,6 @@ std::string hex(std::uintptr_t value) {
   return buf;
 }
 
-// "1.50 GiB": short sizes for people (format_size is exact and re-parsable, this one is not).
-std::string short_size(std::uint64_t bytes) {
-  static const char* const kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  double v = static_cast<double>(bytes);
-  int unit = 0;
-  while (v >= 1024 && unit < 4) {
-    v /= 1024;
-    ++unit;
-  }
-  char buf[32];
-  if (unit == 0) {
-    std::snprintf(buf, sizeof buf, "%llu B", static_cast<unsigned long long>(bytes));
-  } else {
-    std::snprintf(buf, sizeof buf, "%.2f %s", v, kUnits[unit]);
-  }
-  return buf;
-}
-
 void append_json_string(std::string* out, std::string_view text) {
   *out += '"';
   for (char c : text) {

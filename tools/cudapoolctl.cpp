@@ -266,24 +266,6 @@ bool is_byte_key(std::string_view key) {
   return false;
 }
 
-// Short size for tables: "1.50 GiB".
-std::string short_size(std::uint64_t bytes) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  double value = static_cast<double>(bytes);
-  int u = 0;
-  while (value >= 1024 && u < 4) {
-    value /= 1024;
-    ++u;
-  }
-  char buf[32];
-  if (u == 0) {
-    std::snprintf(buf, sizeof buf, "%llu B", static_cast<unsigned long long>(bytes));
-  } else {
-    std::snprintf(buf, sizeof buf, "%.2f %s", value, units[u]);
-  }
-  return buf;
-}
-
 // `stats text` as a readable list: sizes with units, one counter a line.
 void print_pretty_stats(const std::string& text) {
   std::size_t start = 0;

@@ -16,6 +16,7 @@
 
 #include "control/client.h"
 #include "control/options.h"
+#include "control/size.h"
 
 namespace cudapool::doctor {
 namespace {
@@ -139,23 +140,6 @@ void append_json_string(std::string* out, std::string_view s) {
     }
   }
   *out += '"';
-}
-
-std::string size_text(std::uint64_t bytes) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  double value = static_cast<double>(bytes);
-  int u = 0;
-  while (value >= 1024 && u < 4) {
-    value /= 1024;
-    ++u;
-  }
-  char buf[32];
-  if (u == 0) {
-    std::snprintf(buf, sizeof buf, "%llu B", static_cast<unsigned long long>(bytes));
-  } else {
-    std::snprintf(buf, sizeof buf, "%.2f %s", value, units[u]);
-  }
-  return buf;
 }
 
 bool has_framework(const Diagnosis& d, std::string_view name) {
@@ -727,11 +711,11 @@ std::string format_text(const Diagnosis& d) {
                        " proc_address_lookups=" + std::to_string(d.stats.proc_address_lookups));
     if (d.stats.devices.empty()) line("devices", "no pool yet");
     for (const DeviceSeen& dev : d.stats.devices) {
-      std::string v = "held " + size_text(dev.held) + ", in use " + size_text(dev.in_use);
-      v += dev.framework.empty()
-               ? ", framework none"
-               : ", framework " + dev.framework + " reserved " + size_text(dev.framework_reserved) +
-                     " allocated " + size_text(dev.framework_allocated);
+      std::string v = "held " + short_size(dev.held) + ", in use " + short_size(dev.in_use);
+      v += dev.framework.empty() ? ", framework none"
+                                 : ", framework " + dev.framework + " reserved " +
+                                       short_size(dev.framework_reserved) + " allocated " +
+                                       short_size(dev.framework_allocated);
       line("device " + std::to_string(dev.device), v);
     }
   }
