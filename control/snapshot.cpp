@@ -5,6 +5,7 @@
 #include <string_view>
 
 #include "control/size.h"
+#include "control/stats_format.h"
 
 namespace cudapool {
 namespace {
@@ -13,24 +14,6 @@ std::string hex(std::uintptr_t value) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "0x%zx", static_cast<std::size_t>(value));
   return buf;
-}
-
-void append_json_string(std::string* out, std::string_view text) {
-  *out += '"';
-  for (char c : text) {
-    const auto u = static_cast<unsigned char>(c);
-    if (c == '"' || c == '\\') {
-      *out += '\\';
-      *out += c;
-    } else if (u < 0x20) {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\u%04x", u);
-      *out += buf;
-    } else {
-      *out += c;
-    }
-  }
-  *out += '"';
 }
 
 struct SegmentTotals {

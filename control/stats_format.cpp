@@ -20,25 +20,6 @@ constexpr std::string_view kReasonLabels[] = {
 static_assert(std::size(kReasonKeys) == std::size(PoolStats{}.releases_by_reason));
 static_assert(static_cast<int>(ReleaseReason::kTrim) == 5);
 
-void append_json_string(std::string* out, std::string_view text) {
-  *out += '"';
-  for (char c : text) {
-    const auto u = static_cast<unsigned char>(c);
-    if (c == '"' || c == '\\') {
-      *out += '\\';
-      *out += c;
-    } else if (u < 0x20 || u >= 0x7f) {
-      static constexpr char kHex[] = "0123456789abcdef";
-      *out += "\\u00";
-      *out += kHex[u >> 4];
-      *out += kHex[u & 15];
-    } else {
-      *out += c;
-    }
-  }
-  *out += '"';
-}
-
 void append_label_value(std::string* out, std::string_view text) {
   for (char c : text) {
     if (c == '\\' || c == '"') {
@@ -87,6 +68,25 @@ bool is_sample(std::string_view line, std::size_t name_end) {
 }
 
 }  // namespace
+
+void append_json_string(std::string* out, std::string_view text) {
+  *out += '"';
+  for (char c : text) {
+    const auto u = static_cast<unsigned char>(c);
+    if (c == '"' || c == '\\') {
+      *out += '\\';
+      *out += c;
+    } else if (u < 0x20 || u >= 0x7f) {
+      static constexpr char kHex[] = "0123456789abcdef";
+      *out += "\\u00";
+      *out += kHex[u >> 4];
+      *out += kHex[u & 15];
+    } else {
+      *out += c;
+    }
+  }
+  *out += '"';
+}
 
 std::string sanitize_process_name(std::string_view name) {
   std::string out;

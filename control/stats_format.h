@@ -31,6 +31,9 @@ struct ProcessReport {
   std::vector<DeviceReport> devices;
 };
 
+// Appends `text` as a JSON string (quoted, escaped).
+void append_json_string(std::string* out, std::string_view text);
+
 std::string format_stats_text(const ProcessReport& report);
 std::string format_stats_json(const ProcessReport& report);
 std::string format_stats_prometheus(const ProcessReport& report);

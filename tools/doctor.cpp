@@ -17,6 +17,7 @@
 #include "control/client.h"
 #include "control/options.h"
 #include "control/size.h"
+#include "control/stats_format.h"
 
 namespace cudapool::doctor {
 namespace {
@@ -122,24 +123,6 @@ std::string_view string_at(const MappedBytes& f, const Elf64_Shdr& table, std::u
 
 bool is_device_code_section(std::string_view name) {
   return contains(name, "fatbin") || contains(name, "nvFatBin") || starts_with(name, ".nv");
-}
-
-void append_json_string(std::string* out, std::string_view s) {
-  *out += '"';
-  for (const char c : s) {
-    const auto u = static_cast<unsigned char>(c);
-    if (c == '"' || c == '\\') {
-      *out += '\\';
-      *out += c;
-    } else if (u < 0x20) {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\u%04x", u);
-      *out += buf;
-    } else {
-      *out += c;
-    }
-  }
-  *out += '"';
 }
 
 bool has_framework(const Diagnosis& d, std::string_view name) {
