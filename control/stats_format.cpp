@@ -1,6 +1,7 @@
 #include "control/stats_format.h"
 
 #include <charconv>
+#include <initializer_list>
 #include <map>
 #include <utility>
 
@@ -302,22 +303,22 @@ std::string format_stats_prometheus(const ProcessReport& report) {
       "# HELP cudapool_build_info The cudapool library a process runs (version label), "
       "value 1.\n# TYPE cudapool_build_info gauge\ncudapool_build_info{" +
       process_labels + ",version=\"" CUDAPOOL_VERSION "\"} 1\n";
-  const std::pair<const char*, std::uint64_t> calls[] = {{"runtime", report.routes.runtime_calls},
-                                                         {"driver", report.routes.driver_calls}};
-  out +=
-      "# HELP cudapool_pool_calls_total Allocations and frees that reached the pool, by the API "
-      "the application called.\n# TYPE cudapool_pool_calls_total counter\n";
-  for (const auto& [api, n] : calls)
-    out += "cudapool_pool_calls_total{" + process_labels + ",api=\"" + api + "\"} " +
-           std::to_string(n) + "\n";
-  const std::pair<const char*, std::uint64_t> lookups[] = {
-      {"dlsym", report.routes.dlsym_lookups}, {"proc_address", report.routes.proc_address_lookups}};
-  out +=
-      "# HELP cudapool_entry_point_lookups_total Lookups of a pooled driver name answered with "
-      "cudapool's entry point, by lookup.\n# TYPE cudapool_entry_point_lookups_total counter\n";
-  for (const auto& [how, n] : lookups)
-    out += "cudapool_entry_point_lookups_total{" + process_labels + ",lookup=\"" + how + "\"} " +
-           std::to_string(n) + "\n";
+  // A process-wide counter family with one sample per label value.
+  auto process_counter = [&](const char* family, const char* help, const char* label,
+                             std::initializer_list<std::pair<const char*, std::uint64_t>> values) {
+    out += std::string("# HELP ") + family + " " + help + "\n# TYPE " + family + " counter\n";
+    for (const auto& [value, n] : values)
+      out += std::string(family) + "{" + process_labels + "," + label + "=\"" + value + "\"} " +
+             std::to_string(n) + "\n";
+  };
+  const RouteCounts& r = report.routes;
+  process_counter("cudapool_pool_calls_total",
+                  "Allocations and frees that reached the pool, by the API the application called.",
+                  "api", {{"runtime", r.runtime_calls}, {"driver", r.driver_calls}});
+  process_counter(
+      "cudapool_entry_point_lookups_total",
+      "Lookups of a pooled driver name answered with cudapool's entry point, by lookup.", "lookup",
+      {{"dlsym", r.dlsym_lookups}, {"proc_address", r.proc_address_lookups}});
   for (const auto& [metric, lines] : families) {
     out += "# HELP ";
     out += metric->family;
