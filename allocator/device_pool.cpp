@@ -1,5 +1,7 @@
 #include "allocator/device_pool.h"
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <vector>
 
@@ -37,6 +39,217 @@ std::size_t whole_between(std::uintptr_t lo, std::uintptr_t hi, std::size_t page
 }
 }  // namespace
 
+
+// ---- thread caches: the structure and the thread-local lookup ------------------------------------
+
+// One thread's cache of one pool. Guarded by `mutex`, which the owning thread takes on the hot
+// path and others only with the pool's mutex_ held (device_pool.h). Its blocks are linked through
+// Block::free_next (bins) and Block::pending_next (the pending list).
+struct DevicePool::ThreadCache {
+  struct Bin {
+    std::size_t size = 0;  // the exact rounded size of its blocks (0: never used)
+    Block* head = nullptr;
+    std::uint32_t count = 0;
+    std::uint32_t refill = 1;  // blocks carved at the next miss: doubles while the size recurs
+  };
+  // Open addressing over exact sizes: a size lives in at most one slot of its probe window; a
+  // slot with no blocks may be taken over by another size.
+  static constexpr unsigned kBins = 256;
+  static constexpr unsigned kProbe = 8;
+
+  explicit ThreadCache(DevicePool* p) : pool(p) {}
+
+  Bin* find(std::size_t size) {
+    const unsigned home = static_cast<unsigned>(size / kAlignment);
+    for (unsigned i = 0; i < kProbe; ++i) {
+      Bin& b = bins[(home + i) % kBins];
+      if (b.size == size) return &b;
+    }
+    return nullptr;
+  }
+  Bin* find_or_claim(std::size_t size) {
+    if (Bin* b = find(size)) return b;
+    const unsigned home = static_cast<unsigned>(size / kAlignment);
+    for (unsigned i = 0; i < kProbe; ++i) {
+      Bin& b = bins[(home + i) % kBins];
+      if (b.count == 0) {
+        b = Bin{size, nullptr, 0, 1};
+        return &b;
+      }
+    }
+    return nullptr;
+  }
+  // Room for `blocks` more blocks of `size` in `bin`.
+  bool has_room(const Bin* bin, std::size_t size, std::uint32_t blocks = 1) const {
+    return bin != nullptr && bin->count + blocks <= kBinBlocks &&
+           cached_bytes + blocks * size <= kCacheBytes;
+  }
+  void push(Bin* bin, Block* b) {
+    b->free_next = bin->head;
+    bin->head = b;
+    ++bin->count;
+    cached_bytes += b->size;
+    ++cached_blocks;
+  }
+  Block* pop(Bin* bin) {
+    Block* b = bin->head;
+    bin->head = b->free_next;
+    --bin->count;
+    cached_bytes -= b->size;
+    --cached_blocks;
+    return b;
+  }
+  // A block goes to the application: into the map of blocks this cache handed out.
+  void hand_out(Block* b) {
+    live.insert(b->addr, b);
+    mallocs.store(mallocs.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  }
+  void pending_push(Block* b) {
+    b->pending_next = nullptr;
+    (pending_tail != nullptr ? pending_tail->pending_next : pending_head) = b;
+    pending_tail = b;
+    pending_bytes += b->size;
+    ++pending_blocks;
+  }
+  bool wants_flush() const { return pending_blocks >= kFlushBlocks || pending_bytes >= kFlushBytes; }
+  // Bytes it holds that are not in use.
+  std::uint64_t held() const { return cached_bytes + pending_bytes; }
+  bool empty() const { return cached_blocks == 0 && pending_blocks == 0; }
+  // Forgets every block (the pool forgot them: reset, or the pool is gone).
+  void forget() {
+    for (Bin& b : bins)
+      b = Bin{};
+    live.clear();
+    pending_head = pending_tail = nullptr;
+    pending_bytes = cached_bytes = 0;
+    pending_blocks = cached_blocks = 0;
+    unfenced = false;
+  }
+
+  PoolMutex mutex;
+  DevicePool* pool;  // null once the pool is destroyed (tests; the shim never destroys pools)
+  Bin bins[kBins];
+  PtrMap<Block> live;  // blocks it handed out that are not freed yet
+  Block* pending_head = nullptr;  // freed, waiting for a fence (the next one takes them)
+  Block* pending_tail = nullptr;
+  std::uint64_t pending_bytes = 0;
+  std::uint64_t cached_bytes = 0;
+  std::uint32_t pending_blocks = 0;
+  std::uint32_t cached_blocks = 0;
+  bool unfenced = false;  // a block entered a bin straight from a free (immediate reuse)
+  // Written by the owner only (a load and a store), read by anyone: the pool sums them.
+  std::atomic<std::uint64_t> mallocs{0};
+  std::atomic<std::uint64_t> frees{0};
+  std::uint64_t seen_calls = 0;  // mallocs + frees at the last idle check (pool's mutex_)
+};
+
+namespace {
+
+// The calling thread's caches, one per pool it allocated on (at most kThreadPools).
+struct ThreadCaches {
+  static constexpr int kThreadPools = 8;
+  struct Entry {
+    std::uint64_t pool_id;
+    DevicePool::ThreadCache* cache;
+  };
+  Entry entries[kThreadPools];
+  int count = 0;
+};
+
+std::atomic<std::uint64_t> g_next_pool_id{1};
+// initial-exec: the library is preloaded, and a pointer fits any surplus of static TLS.
+thread_local ThreadCaches* t_caches __attribute__((tls_model("initial-exec"))) = nullptr;
+ThreadCaches g_exited;  // t_caches of a thread whose caches were returned at its exit: no more
+pthread_key_t g_cache_key;
+
+}  // namespace
+
+DevicePool::ThreadCache* DevicePool::this_thread_cache(bool create) {
+  ThreadCaches* t = t_caches;
+  if (t != nullptr) [[likely]] {
+    for (int i = 0; i < t->count; ++i)
+      if (t->entries[i].pool_id == id_) return t->entries[i].cache;
+  }
+  if (!create || t == &g_exited) return nullptr;
+  return new_thread_cache();
+}
+
+DevicePool::ThreadCache* DevicePool::new_thread_cache() {
+  static const bool key_ready = [] {
+    if (pthread_key_create(&g_cache_key, &DevicePool::thread_exit) != 0) return false;
+    // The child of a fork has only the forking thread, and its caches describe the parent's
+    // pools (which the shim abandons): forget them, without touching them.
+    pthread_atfork(nullptr, nullptr, [] {
+      t_caches = nullptr;
+      pthread_setspecific(g_cache_key, nullptr);
+    });
+    return true;
+  }();
+  if (!key_ready) return nullptr;
+  ThreadCaches* t = t_caches;
+  if (t == nullptr) {
+    t = new ThreadCaches();
+    if (pthread_setspecific(g_cache_key, t) != 0) {
+      delete t;
+      return nullptr;
+    }
+    t_caches = t;
+  }
+  if (t->count == ThreadCaches::kThreadPools) {
+    // Full: reuse the entries of pools that are gone.
+    int kept = 0;
+    for (int i = 0; i < t->count; ++i) {
+      ThreadCache* c = t->entries[i].cache;
+      c->mutex.lock();
+      bool orphan = c->pool == nullptr;
+      c->mutex.unlock();
+      if (orphan) {
+        delete c;
+      } else {
+        t->entries[kept++] = t->entries[i];
+      }
+    }
+    t->count = kept;
+    if (kept == ThreadCaches::kThreadPools) return nullptr;  // served by the pool itself
+  }
+  auto* c = new ThreadCache(this);
+  {
+    std::lock_guard lock(mutex_);
+    caches_.push_back(c);
+  }
+  t->entries[t->count++] = {id_, c};
+  return c;
+}
+
+// At a thread's exit: each cache returns its blocks to its pool, its live blocks become the
+// pool's, and its counters join the pool's.
+void DevicePool::thread_exit(void* caches) {
+  auto* t = static_cast<ThreadCaches*>(caches);
+  for (int i = 0; i < t->count; ++i) {
+    ThreadCache* c = t->entries[i].cache;
+    c->mutex.lock();
+    DevicePool* pool = c->pool;
+    c->mutex.unlock();
+    if (pool != nullptr) {
+      std::lock_guard lock(pool->mutex_);
+      std::lock_guard cache_lock(c->mutex);
+      pool->drain(c);
+      c->live.for_each([pool](std::uintptr_t addr, Block* b) { pool->live_.insert(addr, b); });
+      const std::uint64_t mallocs = c->mallocs.load(std::memory_order_relaxed);
+      pool->stats_.app_mallocs += mallocs;
+      pool->stats_.hits += mallocs;
+      pool->stats_.app_frees += c->frees.load(std::memory_order_relaxed);
+      pool->activity_.store(pool->activity_.load(std::memory_order_relaxed) + mallocs,
+                            std::memory_order_relaxed);
+      auto& list = pool->caches_;
+      list.erase(std::find(list.begin(), list.end(), c));
+    }
+    delete c;
+  }
+  delete t;
+  t_caches = &g_exited;  // a later call of this thread (another destructor) uses the pools
+}
+
 DevicePool::DevicePool(int device, Backend& backend, SyncGate& gate, const Policy& policy,
                        PoolObserver* observer)
     : device_(device),
@@ -45,14 +258,22 @@ DevicePool::DevicePool(int device, Backend& backend, SyncGate& gate, const Polic
       observer_(observer),
       page_size_(pages_for(backend, device, policy.vmm)),
       policy_(policy),
+      id_(g_next_pool_id.fetch_add(1, std::memory_order_relaxed)),
       wake_threshold_(policy.high_watermark) {
   stats_.page_size = page_size_;
+  immediate_.store(policy.reuse == ReuseMode::kImmediate, std::memory_order_relaxed);
 }
 
 DevicePool::~DevicePool() {
   // Only metadata: the memory itself stays with the driver (the shim never destroys its pools).
   {
     std::lock_guard lock(mutex_);
+    for (ThreadCache* c : caches_) {  // their threads delete them
+      std::lock_guard cache_lock(c->mutex);
+      c->forget();
+      c->pool = nullptr;
+    }
+    caches_.clear();
     forget_all();
   }
   while (spare_blocks_ != nullptr) {
@@ -64,14 +285,36 @@ DevicePool::~DevicePool() {
 
 // ---- hot path -------------------------------------------------------------------------------
 
-// A pool hit: one mutex, one best-fit lookup, one hash insert; no driver call, no system call,
-// no host allocation in steady state.
+// A hit in the thread's cache: its own lock, one exact-size bin, one insert into its own map; no
+// line another thread writes, no driver call, no host allocation in steady state. A miss refills
+// the bin from the pool (one mutex_ for a few blocks); larger requests use the pool directly.
 Status DevicePool::allocate(std::size_t size, void** ptr) {
   std::size_t rounded = round_request(size);
   if (rounded == 0) {
     std::lock_guard lock(mutex_);
     ++stats_.alloc_failures;
     return Status::kOutOfMemory;
+  }
+  if (rounded <= kCacheMax) [[likely]] {
+    if (ThreadCache* c = this_thread_cache(/*create=*/true)) [[likely]] {
+      c->mutex.lock();
+      ThreadCache::Bin* bin = c->find(rounded);
+      if (bin != nullptr && bin->head != nullptr) [[likely]] {
+        Block* b = c->pop(bin);
+        c->hand_out(b);
+        const std::uint64_t held = c->held();
+        c->mutex.unlock();
+        // Peak in use: what is out of the pool less what this cache holds (other threads'
+        // caches count as in use here: the peak may overstate by what they hold).
+        const std::uint64_t out = out_bytes_.load(std::memory_order_relaxed);
+        if (out - std::min(out, held) > peak_hint_.load(std::memory_order_relaxed)) [[unlikely]]
+          raise_peak_hint(out - std::min(out, held));
+        *ptr = reinterpret_cast<void*>(b->addr);
+        return Status::kOk;
+      }
+      c->mutex.unlock();
+      return refill(c, rounded, ptr);
+    }
   }
   PoolKind kind = kind_of(rounded);
   {
@@ -85,44 +328,231 @@ Status DevicePool::allocate(std::size_t size, void** ptr) {
   return allocate_slow(kind, rounded, ptr);
 }
 
+// A free into a cache: wake the release thread once idle memory passes its threshold. Other
+// threads' caches are not counted (what they hold is bounded: kCacheBytes + kFlushBytes).
+void DevicePool::note_idle(const ThreadCache* c, bool* wake_releaser) const {
+  const std::uint64_t held = held_bytes_.load(std::memory_order_relaxed);
+  const std::uint64_t out = out_bytes_.load(std::memory_order_relaxed);
+  const std::uint64_t idle = held - std::min(held, out) + (c != nullptr ? c->held() : 0);
+  if (idle > wake_threshold_.load(std::memory_order_relaxed)) *wake_releaser = true;
+}
+
+void DevicePool::raise_peak_hint(std::uint64_t in_use) {
+  std::uint64_t seen = peak_hint_.load(std::memory_order_relaxed);
+  while (in_use > seen && !peak_hint_.compare_exchange_weak(seen, in_use, std::memory_order_relaxed))
+    ;
+}
+
+// A bin was empty: the pool carves the request and, when the size recurs, a few more of it for
+// the bin, under one mutex_.
+__attribute__((noinline)) Status DevicePool::refill(ThreadCache* c, std::size_t rounded,
+                                                    void** ptr) {
+  const PoolKind kind = kind_of(rounded);
+  {
+    std::lock_guard lock(mutex_);
+    std::lock_guard cache_lock(c->mutex);
+    ThreadCache::Bin* bin = c->find_or_claim(rounded);
+    if (Block* b = take_free_block(kind, rounded, Taker::kCache)) {
+      c->hand_out(b);
+      if (bin != nullptr) {
+        const std::uint32_t most = static_cast<std::uint32_t>(
+            std::clamp<std::size_t>(kRefillBytes / rounded, 1, kRefillBlocks));
+        // Carved in address order; pushed last first, so that they are handed out in it.
+        Block* more[kRefillBlocks];
+        std::uint32_t n = 0;
+        while (n + 1 < bin->refill && c->has_room(bin, rounded, n + 1) &&
+               (more[n] = take_free_block(kind, rounded, Taker::kCache)) != nullptr)
+          ++n;
+        while (n != 0)
+          c->push(bin, more[--n]);
+        bin->refill = std::min(bin->refill * 2, most);
+      }
+      note_peaks();
+      *ptr = reinterpret_cast<void*>(b->addr);
+      return Status::kOk;
+    }
+  }
+  // Nothing free fits: the pool's miss path (it drains the caches first).
+  return allocate_slow(kind, rounded, ptr);
+}
+
+Status DevicePool::free_cached(void* ptr, bool* wake_releaser) {
+  ThreadCache* c = this_thread_cache(/*create=*/false);
+  if (c == nullptr) return Status::kNotOwned;
+  const auto addr = reinterpret_cast<std::uintptr_t>(ptr);
+  c->mutex.lock();
+  Block* b = c->live.find(addr);
+  if (b == nullptr) {
+    c->mutex.unlock();
+    return Status::kNotOwned;
+  }
+  c->live.erase(addr);
+  c->frees.store(c->frees.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  // During a capture the block waits for a fence even in immediate mode: the capture may have
+  // recorded work that uses it.
+  if (immediate_.load(std::memory_order_relaxed) && !gate_.capture_active()) {
+    ThreadCache::Bin* bin = c->find_or_claim(b->size);
+    if (c->has_room(bin, b->size)) {
+      c->push(bin, b);
+      c->unfenced = true;
+      note_idle(c, wake_releaser);
+      c->mutex.unlock();
+      return Status::kOk;
+    }
+    c->mutex.unlock();
+    std::lock_guard lock(mutex_);
+    release_block(b, wake_releaser);
+    return Status::kOk;
+  }
+  c->pending_push(b);
+  if (!c->wants_flush()) [[likely]] {
+    note_idle(c, wake_releaser);
+    c->mutex.unlock();
+    return Status::kOk;
+  }
+  c->mutex.unlock();
+  std::lock_guard lock(mutex_);
+  std::lock_guard cache_lock(c->mutex);
+  flush_pending(c, wake_releaser);
+  return Status::kOk;
+}
+
 Status DevicePool::free(void* ptr, bool* wake_releaser) {
+  if (free_cached(ptr, wake_releaser) == Status::kOk) return Status::kOk;
   auto addr = reinterpret_cast<std::uintptr_t>(ptr);
   std::lock_guard lock(mutex_);
   Block* b = live_.find(addr);
-  if (b == nullptr) {
+  if (b != nullptr) {
+    live_.erase(addr);
+  } else {
     if (segment_containing(addr) == nullptr) return Status::kNotOwned;
-    ++stats_.invalid_frees;
-    return Status::kInvalidValue;
+    for (ThreadCache* c : caches_) {  // a block another thread's cache handed out
+      std::lock_guard cache_lock(c->mutex);
+      if ((b = c->live.find(addr)) != nullptr) {
+        c->live.erase(addr);
+        break;
+      }
+    }
+    if (b == nullptr) {
+      ++stats_.invalid_frees;
+      return Status::kInvalidValue;
+    }
   }
-  live_.erase(addr);
-  stats_.in_use -= b->size;
-  --stats_.live_blocks;
   ++stats_.app_frees;
-  // During a capture the block waits for a fence even in immediate mode: the capture may have
-  // recorded work that uses it.
+  release_block(b, wake_releaser);
+  return Status::kOk;
+}
+
+// An in-use block that is in no map any more becomes pending, or free under immediate reuse.
+void DevicePool::release_block(Block* b, bool* wake_releaser) {
+  sub_in_use(b->size);
+  --stats_.live_blocks;
   if (policy_.reuse == ReuseMode::kImmediate && !gate_.capture_active()) {
     make_free(b);
     unfenced_frees_ = true;  // its pages may be unmapped only after a fence
   } else {
     b->state = Block::State::kPending;
     b->pending_seq = ++pending_seq_;
-    b->pending_next = nullptr;
-    if (pending_tail_ != nullptr) {
-      pending_tail_->pending_next = b;
-    } else {
-      pending_head_ = b;
-    }
-    pending_tail_ = b;
-    stats_.pending += b->size;
+    pending_push(b);
   }
-  if (stats_.held - stats_.in_use > wake_threshold_.load(std::memory_order_relaxed))
-    *wake_releaser = true;
-  return Status::kOk;
+  if (wake_releaser != nullptr) note_idle(this_thread_cache(/*create=*/false), wake_releaser);
+}
+
+void DevicePool::pending_push(Block* b) {
+  b->pending_next = nullptr;
+  (pending_tail_ != nullptr ? pending_tail_->pending_next : pending_head_) = b;
+  pending_tail_ = b;
+  stats_.pending += b->size;
+}
+
+// ---- thread caches: the pool's side (mutex_ held) ------------------------------------------------
+
+void DevicePool::flush_pending(ThreadCache* c, bool* wake_releaser) {
+  const std::uint64_t seq = c->pending_head != nullptr ? ++pending_seq_ : 0;
+  for (Block* b = c->pending_head; b != nullptr;) {
+    Block* next = b->pending_next;
+    sub_in_use(b->size);
+    --stats_.live_blocks;
+    b->state = Block::State::kPending;
+    b->pending_seq = seq;
+    pending_push(b);
+    b = next;
+  }
+  c->pending_head = c->pending_tail = nullptr;
+  c->pending_bytes = 0;
+  c->pending_blocks = 0;
+  if (wake_releaser != nullptr) note_idle(this_thread_cache(/*create=*/false), wake_releaser);
+}
+
+void DevicePool::drain(ThreadCache* c) {
+  for (ThreadCache::Bin& bin : c->bins) {
+    while (bin.head != nullptr) {
+      Block* b = c->pop(&bin);
+      sub_in_use(b->size);
+      --stats_.live_blocks;
+      make_free(b);
+    }
+    bin.refill = 1;
+  }
+  if (c->unfenced) unfenced_frees_ = true;
+  c->unfenced = false;
+  flush_pending(c, nullptr);
+}
+
+bool DevicePool::drain_all() {
+  bool any = false;
+  for (ThreadCache* c : caches_) {
+    std::lock_guard cache_lock(c->mutex);
+    if (c->empty()) continue;
+    any = true;
+    drain(c);
+  }
+  return any;
+}
+
+void DevicePool::drain_caches() {
+  std::lock_guard lock(mutex_);
+  drain_all();
+}
+
+int DevicePool::drain_idle_caches() {
+  std::lock_guard lock(mutex_);
+  int drained = 0;
+  for (ThreadCache* c : caches_) {
+    const std::uint64_t calls = c->mallocs.load(std::memory_order_relaxed) +
+                                c->frees.load(std::memory_order_relaxed);
+    if (calls != c->seen_calls) {
+      c->seen_calls = calls;
+      continue;
+    }
+    std::lock_guard cache_lock(c->mutex);
+    if (c->empty()) continue;
+    drain(c);
+    ++drained;
+  }
+  return drained;
+}
+
+std::uint64_t DevicePool::caches_held() const {
+  std::uint64_t held = 0;
+  for (ThreadCache* c : caches_) {
+    std::lock_guard cache_lock(c->mutex);
+    held += c->held();
+  }
+  return held;
+}
+
+std::uint64_t DevicePool::activity() const {
+  std::lock_guard lock(mutex_);
+  std::uint64_t a = activity_.load(std::memory_order_relaxed);
+  for (const ThreadCache* c : caches_)
+    a += c->mallocs.load(std::memory_order_relaxed);
+  return a;
 }
 
 // ---- block bookkeeping (mutex_ held) --------------------------------------------------------
 
-DevicePool::Block* DevicePool::take_free_block(PoolKind kind, std::size_t rounded) {
+DevicePool::Block* DevicePool::take_free_block(PoolKind kind, std::size_t rounded, Taker taker) {
   // With pages, the rest of a larger run stays free and its whole pages can move elsewhere.
   std::size_t max_size =
       kind == PoolKind::kLarge && page_size_ == 0 ? largest_acceptable_fit(rounded) : SIZE_MAX;
@@ -141,7 +571,7 @@ DevicePool::Block* DevicePool::take_free_block(PoolKind kind, std::size_t rounde
   if (b == nullptr) return nullptr;
   if (b->in_idle_list) [[unlikely]]
     unlink_idle(b);
-  return carve(b, rounded);
+  return carve(b, rounded, taker);
 }
 
 // The helpers of the hot path below are forced inline: as calls they cost the pool-hit pair
@@ -164,7 +594,7 @@ CUDAPOOL_HOT DevicePool::Block* DevicePool::split(Block* b, std::size_t head_siz
 }
 
 // Hands out the front of free block `b` (not in any index), returning the rest to the index.
-DevicePool::Block* DevicePool::carve(Block* b, std::size_t rounded) {
+DevicePool::Block* DevicePool::carve(Block* b, std::size_t rounded, Taker taker) {
   Segment* s = b->segment;
   if (page_size_ != 0 && b->size - rounded >= page_size_) [[unlikely]] {
     // Pages: the end of the free block that leaves the rest more whole pages (to move or
@@ -184,9 +614,10 @@ DevicePool::Block* DevicePool::carve(Block* b, std::size_t rounded) {
   if (s->busy == 0 && page_size_ == 0) free_segment_bytes_ -= s->size;
   s->busy += b->size;
   b->state = Block::State::kInUse;
-  live_.insert(b->addr, b);
-  stats_.in_use += b->size;
+  add_in_use(b->size);
   ++stats_.live_blocks;
+  if (taker == Taker::kCache) return b;  // the cache counts it when it hands it out
+  live_.insert(b->addr, b);
   ++stats_.app_mallocs;
   // Every writer holds mutex_: a plain increment, no read-modify-write on the bus.
   activity_.store(activity_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
@@ -292,7 +723,9 @@ const DevicePool::Segment* DevicePool::segment_containing(std::uintptr_t addr) c
 
 void DevicePool::note_peaks() {
   stats_.peak_held = std::max(stats_.peak_held, stats_.held);
-  stats_.peak_in_use = std::max(stats_.peak_in_use, stats_.in_use);
+  std::uint64_t in_use = stats_.in_use;
+  if (const ThreadCache* c = this_thread_cache(/*create=*/false)) in_use -= c->held();
+  stats_.peak_in_use = std::max(stats_.peak_in_use, in_use);
 }
 
 // ---- slow paths ------------------------------------------------------------------------------
@@ -310,6 +743,14 @@ Status DevicePool::allocate_slow(PoolKind kind, std::size_t rounded, void** ptr)
     *ptr = reinterpret_cast<void*>(b->addr);
     return true;
   };
+
+  // What the caches keep may fit once it is back in the pool (it is idle memory).
+  bool drained;
+  {
+    std::lock_guard lock(mutex_);
+    drained = drain_all();
+  }
+  if (drained && try_take()) return Status::kOk;
 
   std::uint64_t pending;
   {
@@ -409,7 +850,7 @@ Status DevicePool::grow(PoolKind kind, std::size_t segment_size, std::size_t rou
   b->segment = s;
   s->first = b;
   segments_.emplace(s->base, s);
-  stats_.held += segment_size;
+  add_held(segment_size);
   ++stats_.segments;
   ++stats_.driver_mallocs;
   free_segment_bytes_ += segment_size;
@@ -434,11 +875,14 @@ Status DevicePool::allocate_slow_pages(PoolKind kind, std::size_t rounded, void*
     *ptr = reinterpret_cast<void*>(b->addr);
     return true;
   };
+  bool drained;
   std::uint64_t pending;
   {
     std::lock_guard lock(mutex_);
+    drained = drain_all();  // what the caches keep may fit once back in the pool
     pending = stats_.pending;
   }
+  if (drained && try_take(true)) return Status::kOk;
   // A fence frees what is pending, whose pages can then move to this request instead of new ones
   // (a page created costs far more than a synchronisation): for large requests, as soon as a
   // page is pending; small and medium misses wait for kFenceBatch, as with segments, so that
@@ -687,7 +1131,7 @@ Status DevicePool::create_pages(std::size_t count, std::vector<PageHandle>* out,
     observer_->on_driver_error(device_, "create", st);
   std::lock_guard lock(mutex_);
   growing_bytes_ -= bytes;
-  stats_.held += created * page_size_;
+  add_held(created * page_size_);
   stats_.pages += created;
   stats_.pages_unmapped += created;
   stats_.page_creates += created;
@@ -767,7 +1211,7 @@ Status DevicePool::map_pages(PoolKind kind, std::vector<PageHandle>* pages, cons
       if (fate[i] == Fate::kInPlace) {
         fill_hole(block_at(a), a, &(*pages)[i], 1);
       } else {
-        stats_.held -= page_size_;
+        sub_held(page_size_);
         --stats_.pages;
       }
     }
@@ -793,6 +1237,7 @@ Status DevicePool::map_pages(PoolKind kind, std::vector<PageHandle>* pages, cons
 std::uint64_t DevicePool::release_pages_with_permit(std::uint64_t keep_idle, ReleaseReason reason) {
   {
     std::lock_guard lock(mutex_);
+    drain_all();
     if (stats_.held - stats_.in_use <= keep_idle) return 0;
   }
   if (!fence_with_permit(/*for_unmap=*/true)) return 0;
@@ -814,7 +1259,7 @@ std::uint64_t DevicePool::release_pages_with_permit(std::uint64_t keep_idle, Rel
     }
     take_idle_pages(want, Placement{}, &mapped);
     taken = spare.size() + mapped.size();
-    stats_.held -= taken * page_size_;
+    sub_held(taken * page_size_);
     stats_.pages -= taken;
     releasing_bytes_ += taken * page_size_;
   }
@@ -838,7 +1283,7 @@ std::uint64_t DevicePool::release_pages_with_permit(std::uint64_t keep_idle, Rel
     std::lock_guard lock(mutex_);
     std::size_t back = (to_unmap - mapped.size()) + kept.size();  // still ours after all
     spare_pages_.insert(spare_pages_.end(), kept.begin(), kept.end());
-    stats_.held += back * page_size_;
+    add_held(back * page_size_);
     stats_.pages += back;
     stats_.pages_unmapped -= count;
     releasing_bytes_ -= taken * page_size_;
@@ -889,6 +1334,12 @@ bool DevicePool::fence_with_permit(bool for_unmap) {
   bool unfenced;
   {
     std::lock_guard lock(mutex_);
+    for (ThreadCache* c : caches_) {  // the caches' frees so far are covered too
+      std::lock_guard cache_lock(c->mutex);
+      flush_pending(c, nullptr);
+      if (c->unfenced) unfenced_frees_ = true;
+      c->unfenced = false;
+    }
     unfenced = unfenced_frees_;
     if (pending_head_ == nullptr && !(for_unmap && unfenced)) return true;
     target = pending_seq_;
@@ -927,6 +1378,7 @@ std::uint64_t DevicePool::release_with_permit(std::uint64_t keep_idle, ReleaseRe
   bool has_pending;
   {
     std::lock_guard lock(mutex_);
+    drain_all();
     if (stats_.held - stats_.in_use <= keep_idle) return 0;
     has_pending = pending_head_ != nullptr;
   }
@@ -947,7 +1399,7 @@ std::uint64_t DevicePool::release_with_permit(std::uint64_t keep_idle, ReleaseRe
       recycle_block(s->first);
       s->first = nullptr;
       segments_.erase(s->base);
-      stats_.held -= s->size;
+      sub_held(s->size);
       --stats_.segments;
       free_segment_bytes_ -= s->size;
       releasing_bytes_ += s->size;
@@ -975,7 +1427,7 @@ std::uint64_t DevicePool::release_with_permit(std::uint64_t keep_idle, ReleaseRe
     s->first = b;
     segments_.emplace(s->base, s);
     free_index(s->kind).insert(b);
-    stats_.held += s->size;
+    add_held(s->size);
     ++stats_.segments;
     free_segment_bytes_ += s->size;
   }
@@ -1050,6 +1502,12 @@ void DevicePool::forget_all() {
   idle_head_ = idle_tail_ = nullptr;
   spare_pages_.clear();
   stats_.held = stats_.in_use = stats_.pending = 0;
+  out_bytes_.store(0, std::memory_order_relaxed);
+  held_bytes_.store(0, std::memory_order_relaxed);
+  for (ThreadCache* c : caches_) {  // their blocks are gone with the segments
+    std::lock_guard cache_lock(c->mutex);
+    c->forget();
+  }
   stats_.segments = stats_.live_blocks = 0;
   stats_.pages = stats_.pages_unmapped = 0;
   free_segment_bytes_ = 0;
@@ -1063,7 +1521,12 @@ void DevicePool::forget_all() {
 Status DevicePool::check_ipc_base(void* ptr) const {
   auto addr = reinterpret_cast<std::uintptr_t>(ptr);
   std::lock_guard lock(mutex_);
-  if (const Block* b = live_.find(addr); b != nullptr)
+  const Block* b = live_.find(addr);
+  for (std::size_t i = 0; b == nullptr && i < caches_.size(); ++i) {
+    std::lock_guard cache_lock(caches_[i]->mutex);
+    b = caches_[i]->live.find(addr);
+  }
+  if (b != nullptr)
     return b->addr == b->segment->base && page_size_ == 0 ? Status::kOk : Status::kInvalidValue;
   return segment_containing(addr) != nullptr ? Status::kInvalidValue : Status::kNotOwned;
 }
@@ -1075,7 +1538,7 @@ Status DevicePool::live_block_range(const void* ptr, void** base, std::size_t* s
   if (s == nullptr) return Status::kNotOwned;
   for (const Block* b = s->first; b != nullptr; b = b->next) {
     if (addr < b->addr || addr >= b->addr + b->size) continue;
-    if (b->state != Block::State::kInUse) return Status::kInvalidValue;
+    if (b->state != Block::State::kInUse || !handed_out(b)) return Status::kInvalidValue;
     *base = reinterpret_cast<void*>(b->addr);
     *size = b->size;
     return Status::kOk;
@@ -1086,14 +1549,48 @@ Status DevicePool::live_block_range(const void* ptr, void** base, std::size_t* s
 PoolStats DevicePool::stats() const {
   std::lock_guard lock(mutex_);
   PoolStats s = stats_;
+  // What the caches hold is idle (binned) or pending; what they handed out is in use. Each cache
+  // changes only its own split while its lock is free, so the sum is one consistent state.
+  for (ThreadCache* c : caches_) {
+    std::lock_guard cache_lock(c->mutex);
+    s.in_use -= c->held();
+    s.live_blocks -= c->cached_blocks + c->pending_blocks;
+    s.pending += c->pending_bytes;
+    const std::uint64_t mallocs = c->mallocs.load(std::memory_order_relaxed);
+    s.app_mallocs += mallocs;
+    s.hits += mallocs;
+    s.app_frees += c->frees.load(std::memory_order_relaxed);
+  }
+  s.peak_in_use = std::max({s.peak_in_use, peak_hint_.load(std::memory_order_relaxed), s.in_use});
   if (page_size_ != 0) s.pages_mapped_idle = idle_page_bytes_ / page_size_;
   return s;
+}
+
+bool DevicePool::handed_out(const Block* b) const {
+  if (live_.find(b->addr) == b) return true;
+  for (ThreadCache* c : caches_) {
+    std::lock_guard cache_lock(c->mutex);
+    if (c->live.find(b->addr) == b) return true;
+  }
+  return false;
 }
 
 std::vector<SegmentView> DevicePool::segments() const {
   std::vector<SegmentView> out;
   std::lock_guard lock(mutex_);
   out.reserve(segments_.size());
+  // The blocks the caches hold are in use to the pool: show them as what they are (stats()).
+  std::vector<std::uintptr_t> binned, pending;
+  for (ThreadCache* c : caches_) {
+    std::lock_guard cache_lock(c->mutex);
+    for (const ThreadCache::Bin& bin : c->bins)
+      for (const Block* b = bin.head; b != nullptr; b = b->free_next)
+        binned.push_back(b->addr);
+    for (const Block* b = c->pending_head; b != nullptr; b = b->pending_next)
+      pending.push_back(b->addr);
+  }
+  std::sort(binned.begin(), binned.end());
+  std::sort(pending.begin(), pending.end());
   for (const auto& [base, seg] : segments_) {
     SegmentView view;
     view.base = seg->base;
@@ -1101,7 +1598,13 @@ std::vector<SegmentView> DevicePool::segments() const {
     view.kind = seg->kind;
     for (const Block* b = seg->first; b != nullptr; b = b->next) {
       SegmentView::BlockState state = SegmentView::BlockState::kFree;
-      if (b->state == Block::State::kInUse) state = SegmentView::BlockState::kInUse;
+      if (b->state == Block::State::kInUse) {
+        state = SegmentView::BlockState::kInUse;
+        if (std::binary_search(binned.begin(), binned.end(), b->addr))
+          state = SegmentView::BlockState::kFree;
+        if (std::binary_search(pending.begin(), pending.end(), b->addr))
+          state = SegmentView::BlockState::kPending;
+      }
       if (b->state == Block::State::kPending) state = SegmentView::BlockState::kPending;
       if (b->state == Block::State::kHole) state = SegmentView::BlockState::kHole;
       view.blocks.push_back({b->addr, b->size, state});
@@ -1122,7 +1625,8 @@ std::vector<SegmentView> DevicePool::segments() const {
 void DevicePool::reset_peaks() {
   std::lock_guard lock(mutex_);
   stats_.peak_held = stats_.held;
-  stats_.peak_in_use = stats_.in_use;
+  stats_.peak_in_use = stats_.in_use - caches_held();
+  peak_hint_.store(stats_.peak_in_use, std::memory_order_relaxed);
 }
 
 Policy DevicePool::policy() const {
@@ -1133,13 +1637,17 @@ Policy DevicePool::policy() const {
 void DevicePool::set_policy(const Policy& policy) {
   std::lock_guard lock(mutex_);
   policy_ = policy;
+  immediate_.store(policy.reuse == ReuseMode::kImmediate, std::memory_order_relaxed);
   wake_threshold_.store(policy.high_watermark, std::memory_order_relaxed);
 }
 
 std::uint64_t DevicePool::releasable_hint() const {
   std::lock_guard lock(mutex_);
-  if (page_size_ != 0) return idle_page_bytes_ + spare_pages_.size() * page_size_ + stats_.pending;
-  return free_segment_bytes_ + stats_.pending;
+  // What the caches hold returns to the pool at a release's start.
+  const std::uint64_t cached = caches_held();
+  if (page_size_ != 0)
+    return idle_page_bytes_ + spare_pages_.size() * page_size_ + stats_.pending + cached;
+  return free_segment_bytes_ + stats_.pending + cached;
 }
 
 }  // namespace cudapool

@@ -24,8 +24,28 @@
 //   - a pending block becomes free only after a fence that began after the block was freed
 //     (or at once under ReuseMode::kImmediate when no capture is active); a page is unmapped
 //     only when wholly inside a free block and after a fence that followed every free on it.
+//
+// Thread caches (docs/thread-caches.md). Each thread that allocates on the pool gets a cache of its
+// own (ThreadCache, found through a thread-local pointer): exact-size bins of free, fenced blocks
+// (requests up to kCacheMax), a map of the blocks it handed out, and a list of blocks it freed
+// that wait for a fence. A hit pops a bin and a free of its own block pushes the pending list,
+// both under the cache's own lock only, so the common case writes no line another thread uses.
+// To the pool a block in a cache (binned, in use through it, or pending in it) is in use: it is
+// in no index and not in live_, and stats_ counts it in in_use; stats() subtracts what the caches
+// hold, so every reported figure is exact. More invariants:
+//   - a binned block is free and was fenced (carved from free memory, a local pending block after
+//     a fence that began after its free, or freed under ReuseMode::kImmediate with no capture
+//     active: then its cache marks itself unfenced, and draining it counts as an unfenced free);
+//   - a cache holds at most kCacheBytes in bins and flushes its pending list to the pool's once it
+//     holds kFlushBlocks blocks or kFlushBytes;
+//   - every release, trim, limit or out-of-memory retry, growth and device reset first drains
+//     every cache (bins become free, pending blocks join the pool's pending list), and so does a
+//     thread's exit (its live blocks move to live_) and the release thread for a cache no call
+//     touched for a tick.
 // Locking: mutex_ guards the structures above and is held only for bookkeeping, never across a
-// Backend call. release_mutex_ serialises releases with each other and with drop_all(), so that
+// Backend call. A cache's lock is taken by its thread on the hot path and by others (drains,
+// reports, a free of its block from another thread) only with mutex_ held: the order is mutex_,
+// then a cache's lock; nobody holding a cache's lock waits for mutex_. release_mutex_ serialises releases with each other and with drop_all(), so that
 // a segment being returned cannot outlive a device reset; with pages it also serialises growth
 // (every change to holes and page mappings happens under it).
 #pragma once
@@ -77,6 +97,16 @@ struct SegmentView {
 
 class DevicePool {
  public:
+  // Thread caches: requests up to this size are cached; what one cache may keep.
+  static constexpr std::size_t kCacheMax = kMediumMax;
+  static constexpr std::size_t kCacheBytes = 16 * kMiB;     // free blocks in bins
+  static constexpr std::uint32_t kBinBlocks = 16;           // per exact size
+  static constexpr std::uint32_t kFlushBlocks = 64;         // pending blocks before a flush
+  static constexpr std::size_t kFlushBytes = 16 * kMiB;     // pending bytes before a flush
+  static constexpr std::size_t kRefillBytes = 2 * kMiB;     // at most carved at once for a bin
+  static constexpr std::uint32_t kRefillBlocks = 8;
+  struct ThreadCache;  // device_pool.cpp
+
   DevicePool(int device, Backend& backend, SyncGate& gate, const Policy& policy,
              PoolObserver* observer = nullptr);
   ~DevicePool();
@@ -91,6 +121,9 @@ class DevicePool {
   // kInvalidValue: inside a segment but not a live block's start. Sets *wake_releaser when idle
   // memory crossed the high watermark.
   Status free(void* ptr, bool* wake_releaser);
+  // The part of free() that needs no pool lock: a block this thread's cache handed out. kNotOwned
+  // when it is not one (free() then knows). For callers that try several pools.
+  Status free_cached(void* ptr, bool* wake_releaser);
   // kOk if `ptr` is a live block that starts its segment, kInvalidValue if it is inside a segment
   // otherwise (always, with pages: mapped memory cannot be exported), kNotOwned if not ours.
   Status check_ipc_base(void* ptr) const;
@@ -128,7 +161,12 @@ class DevicePool {
   Policy policy() const;
   void set_policy(const Policy& policy);
   // Cheap reads for the release thread.
-  std::uint64_t activity() const { return activity_.load(std::memory_order_relaxed); }
+  std::uint64_t activity() const;
+  // Drains the caches that no call touched since the last call of this (the release thread's
+  // tick), so that a thread that stopped allocating strands nothing. Returns the caches drained.
+  int drain_idle_caches();
+  // Drains every thread's cache into the pool now (tests and reports; the rules do it themselves).
+  void drain_caches();
   // Bytes a release could return without waiting for any further free (whole free segments, or
   // whole free pages, plus pending blocks that a fence would free).
   std::uint64_t releasable_hint() const;
@@ -176,8 +214,11 @@ class DevicePool {
     PageHandle handle = 0;
   };
 
-  Block* take_free_block(PoolKind kind, std::size_t rounded);
-  Block* carve(Block* b, std::size_t rounded);
+  // Who a carved block goes to: the application (live_, counted as an allocation) or a cache.
+  enum class Taker : std::uint8_t { kApp, kCache };
+
+  Block* take_free_block(PoolKind kind, std::size_t rounded, Taker taker = Taker::kApp);
+  Block* carve(Block* b, std::size_t rounded, Taker taker = Taker::kApp);
   void make_free(Block* b);
   Block* merge_free(Block* b);
   Block* split(Block* b, std::size_t head_size);
@@ -196,7 +237,42 @@ class DevicePool {
   std::uint64_t committed_bytes() const { return stats_.held + growing_bytes_ + releasing_bytes_; }
   bool fence_with_permit(bool for_unmap = false);
   std::uint64_t release_with_permit(std::uint64_t keep_idle, ReleaseReason reason);
-  void note_peaks();
+  void note_peaks();  // counts the calling thread's cache as not in use
+  // stats_.in_use changes only through these (they keep out_bytes_, the hits' copy, current).
+  void add_in_use(std::uint64_t bytes) {
+    stats_.in_use += bytes;
+    out_bytes_.store(stats_.in_use, std::memory_order_relaxed);
+  }
+  void sub_in_use(std::uint64_t bytes) {
+    stats_.in_use -= bytes;
+    out_bytes_.store(stats_.in_use, std::memory_order_relaxed);
+  }
+  void add_held(std::uint64_t bytes) {
+    stats_.held += bytes;
+    held_bytes_.store(stats_.held, std::memory_order_relaxed);
+  }
+  void sub_held(std::uint64_t bytes) {
+    stats_.held -= bytes;
+    held_bytes_.store(stats_.held, std::memory_order_relaxed);
+  }
+  void raise_peak_hint(std::uint64_t in_use);
+  void note_idle(const ThreadCache* c, bool* wake_releaser) const;
+
+  // ---- thread caches (mutex_ held unless noted) ----
+  ThreadCache* this_thread_cache(bool create);  // no lock; null if none (or none possible)
+  ThreadCache* new_thread_cache();
+  Status refill(ThreadCache* c, std::size_t rounded, void** ptr);  // no lock held
+  // Moves the cache's pending list to the pool's (fenced blocks become free at once).
+  void flush_pending(ThreadCache* c, bool* wake_releaser);  // c's lock held too
+  void drain(ThreadCache* c);                               // c's lock held too
+  bool drain_all();                                         // locks each cache; true if any held
+  void pending_push(Block* b);  // onto the pool's pending list
+  // The pool's part of freeing an in-use block that is in no map any more.
+  void release_block(Block* b, bool* wake_releaser);
+  // Bytes the caches hold that are not in use (stats() subtracts them), locking each cache.
+  std::uint64_t caches_held() const;
+  bool handed_out(const Block* b) const;  // in live_ or a cache's map
+  static void thread_exit(void* caches);  // the thread-local caches' destructor
   FreeIndex<Block>& free_index(PoolKind kind) { return free_[static_cast<int>(kind)]; }
 
   // ---- pages (docs/pages.md); release_mutex_ held unless noted ----
@@ -255,8 +331,14 @@ class DevicePool {
   std::vector<PageHandle> spare_pages_;  // owned, mapped nowhere
   bool unfenced_frees_ = false;          // a block became free without a fence since the last one
   PoolStats stats_;
+  std::vector<ThreadCache*> caches_;  // every thread's cache of this pool
+  const std::uint64_t id_;                     // unique per pool in the process (thread caches)
 
   std::atomic<std::uint64_t> activity_{0};
+  std::atomic<bool> immediate_{false};          // policy_.reuse == kImmediate, for the caches
+  std::atomic<std::uint64_t> out_bytes_{0};     // stats_.in_use, for the caches' checks
+  std::atomic<std::uint64_t> held_bytes_{0};    // stats_.held, likewise
+  std::atomic<std::uint64_t> peak_hint_{0};     // peak in use seen by hits
   std::atomic<std::uint64_t> wake_threshold_;
 };
 

@@ -54,6 +54,11 @@ class PtrMap {
     rehash(1024);
   }
   std::size_t size() const { return size_; }
+  template <typename F>
+  void for_each(F&& f) const {
+    for (std::size_t i = 0; i < capacity_; ++i)
+      if (slots_[i].key != 0) f(slots_[i].key, slots_[i].value);
+  }
 
  private:
   struct Slot {
