@@ -140,7 +140,8 @@ struct DevicePool::ThreadCache {
   // Written by the owner only (a load and a store), read by anyone: the pool sums them.
   std::atomic<std::uint64_t> mallocs{0};
   std::atomic<std::uint64_t> frees{0};
-  std::uint64_t seen_calls = 0;  // mallocs + frees at the last idle check (pool's mutex_)
+  std::uint64_t seen_calls = 0;  // mallocs + frees when the idle check last saw them change
+  std::uint64_t seen_ms = 0;     // and when (pool's mutex_ guards both)
 };
 
 namespace {
@@ -515,16 +516,18 @@ void DevicePool::drain_caches() {
   drain_all();
 }
 
-int DevicePool::drain_idle_caches() {
+int DevicePool::drain_idle_caches(std::uint64_t now_ms, std::uint64_t quiet_ms) {
   std::lock_guard lock(mutex_);
   int drained = 0;
   for (ThreadCache* c : caches_) {
     const std::uint64_t calls = c->mallocs.load(std::memory_order_relaxed) +
                                 c->frees.load(std::memory_order_relaxed);
-    if (calls != c->seen_calls) {
+    if (calls != c->seen_calls || c->seen_ms == 0) {
       c->seen_calls = calls;
+      c->seen_ms = now_ms;
       continue;
     }
+    if (now_ms - c->seen_ms < quiet_ms) continue;
     std::lock_guard cache_lock(c->mutex);
     if (c->empty()) continue;
     drain(c);

@@ -162,9 +162,9 @@ class DevicePool {
   void set_policy(const Policy& policy);
   // Cheap reads for the release thread.
   std::uint64_t activity() const;
-  // Drains the caches that no call touched since the last call of this (the release thread's
-  // tick), so that a thread that stopped allocating strands nothing. Returns the caches drained.
-  int drain_idle_caches();
+  // Drains the caches that no call touched for quiet_ms (the release thread, every pass), so
+  // that a thread that stopped allocating strands nothing. Returns the caches drained.
+  int drain_idle_caches(std::uint64_t now_ms, std::uint64_t quiet_ms);
   // Drains every thread's cache into the pool now (tests and reports; the rules do it themselves).
   void drain_caches();
   // Bytes a release could return without waiting for any further free (whole free segments, or

@@ -27,7 +27,8 @@
 // becomes wholly free raises the hint by a segment: either is retried on the next pass, so the
 // hold-back never strands releasable memory. It ends when idle falls to the trigger.
 // The idle timer fires once per quiet period (also while the watermark holds back); device
-// pressure is checked on every pass.
+// pressure is checked on every pass. Each pass first drains the thread caches (device_pool.h)
+// that no call touched for kTickMs: what a thread keeps waits at most about two ticks.
 // A framework's cache (set_framework, framework_cache.h): its cached-but-unallocated bytes count
 // as idle (and not in use) in every rule, and a change of its activity counter as activity. When a
 // rule fires while the framework caches something, the pass first asks the framework to empty its

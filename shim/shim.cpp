@@ -246,24 +246,27 @@ bool Shim::pool_free(void* ptr, cudaError_t* result) {
   if (backtrace_min_ != kNoBacktrace) [[unlikely]]
     forget_stack(ptr);
   int slots = pool_slots_.load(std::memory_order_acquire);
-  for (int d = 0; d < slots; ++d) {
-    DevicePool* pool = existing_pool(d);
-    if (pool == nullptr) continue;
-    bool wake = false;
-    Status st = pool->free(ptr, &wake);
-    if (st == Status::kNotOwned) continue;
-    if (st == Status::kOk) {
-      if (wake && !g_exiting.load(std::memory_order_relaxed)) releaser_.wake();
-      trace_free(ptr, d);
-      *result = cudaSuccess;
+  // A block this thread's cache handed out, on any device, needs no pool's lock: first those.
+  for (int pass = 0; pass < 2; ++pass) {
+    for (int d = 0; d < slots; ++d) {
+      DevicePool* pool = existing_pool(d);
+      if (pool == nullptr) continue;
+      bool wake = false;
+      Status st = pass == 0 ? pool->free_cached(ptr, &wake) : pool->free(ptr, &wake);
+      if (st == Status::kNotOwned) continue;
+      if (st == Status::kOk) {
+        if (wake && !g_exiting.load(std::memory_order_relaxed)) releaser_.wake();
+        trace_free(ptr, d);
+        *result = cudaSuccess;
+        return true;
+      }
+      log_warn_ratelimited("invalid-free",
+                           "free of {}: not the start of a live block (double free or interior "
+                           "pointer); nothing freed",
+                           ptr);
+      *result = cudaErrorInvalidValue;
       return true;
     }
-    log_warn_ratelimited("invalid-free",
-                         "free of {}: not the start of a live block (double free or interior "
-                         "pointer); nothing freed",
-                         ptr);
-    *result = cudaErrorInvalidValue;
-    return true;
   }
   return false;  // not ours: cudaMallocAsync, Managed, Pitch, from before a reset...
 }
