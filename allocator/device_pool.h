@@ -168,7 +168,8 @@ class DevicePool {
   // Drains every thread's cache into the pool now (tests and reports; the rules do it themselves).
   void drain_caches();
   // Bytes a release could return without waiting for any further free (whole free segments, or
-  // whole free pages, plus pending blocks that a fence would free).
+  // whole free pages, plus pending blocks that a fence would free, plus what the thread caches
+  // hold; a drain may free more: the rest of their segments).
   std::uint64_t releasable_hint() const;
   // The release thread lowers the wake-up threshold back after releasing; see free().
   void set_wake_threshold(std::uint64_t idle_bytes) {
