@@ -368,7 +368,7 @@ __attribute__((noinline)) Status DevicePool::refill(ThreadCache* c, std::size_t 
           c->push(bin, more[--n]);
         bin->refill = std::min(bin->refill * 2, most);
       }
-      note_peaks();
+      note_peaks(c);
       *ptr = reinterpret_cast<void*>(b->addr);
       return Status::kOk;
     }
@@ -493,7 +493,7 @@ void DevicePool::drain(ThreadCache* c) {
       --stats_.live_blocks;
       make_free(b);
     }
-    bin.refill = 1;
+    bin.refill = 1;  // the pool needed the memory: carve spares again only as the size recurs
   }
   if (c->unfenced) unfenced_frees_ = true;
   c->unfenced = false;
@@ -725,9 +725,12 @@ const DevicePool::Segment* DevicePool::segment_containing(std::uintptr_t addr) c
 }
 
 void DevicePool::note_peaks() {
+  note_peaks(this_thread_cache(/*create=*/false));
+}
+
+void DevicePool::note_peaks(const ThreadCache* c) {
   stats_.peak_held = std::max(stats_.peak_held, stats_.held);
-  std::uint64_t in_use = stats_.in_use;
-  if (const ThreadCache* c = this_thread_cache(/*create=*/false)) in_use -= c->held();
+  const std::uint64_t in_use = stats_.in_use - (c != nullptr ? c->held() : 0);
   stats_.peak_in_use = std::max(stats_.peak_in_use, in_use);
 }
 
@@ -747,14 +750,6 @@ Status DevicePool::allocate_slow(PoolKind kind, std::size_t rounded, void** ptr)
     return true;
   };
 
-  // What the caches keep may fit once it is back in the pool (it is idle memory).
-  bool drained;
-  {
-    std::lock_guard lock(mutex_);
-    drained = drain_all();
-  }
-  if (drained && try_take()) return Status::kOk;
-
   std::uint64_t pending;
   {
     std::lock_guard lock(mutex_);
@@ -767,6 +762,14 @@ Status DevicePool::allocate_slow(PoolKind kind, std::size_t rounded, void** ptr)
   std::uint64_t fence_at =
       std::max<std::uint64_t>(segment_size, kind == PoolKind::kLarge ? 0 : kFenceBatch);
   if (pending >= fence_at && fence() && try_take()) return Status::kOk;
+
+  // What the caches keep may fit once it is back in the pool (it is idle memory): before growing.
+  bool drained;
+  {
+    std::lock_guard lock(mutex_);
+    drained = drain_all();
+  }
+  if (drained && try_take()) return Status::kOk;
 
   // More than the high watermark is idle, yet none of it fits (say, large segments of other
   // sizes): the release thread would return it a tick later, but in a burst the pool would grow
@@ -878,20 +881,23 @@ Status DevicePool::allocate_slow_pages(PoolKind kind, std::size_t rounded, void*
     *ptr = reinterpret_cast<void*>(b->addr);
     return true;
   };
-  bool drained;
   std::uint64_t pending;
   {
     std::lock_guard lock(mutex_);
-    drained = drain_all();  // what the caches keep may fit once back in the pool
     pending = stats_.pending;
   }
-  if (drained && try_take(true)) return Status::kOk;
   // A fence frees what is pending, whose pages can then move to this request instead of new ones
   // (a page created costs far more than a synchronisation): for large requests, as soon as a
   // page is pending; small and medium misses wait for kFenceBatch, as with segments, so that
   // synchronisations stay rare on their more frequent misses.
   std::uint64_t fence_at = kind == PoolKind::kLarge ? page_size_ : kFenceBatch;
   if (pending >= fence_at && fence() && try_take(true)) return Status::kOk;
+  bool drained;
+  {
+    std::lock_guard lock(mutex_);
+    drained = drain_all();  // what the caches keep may fit once back in the pool
+  }
+  if (drained && try_take(true)) return Status::kOk;
 
   std::lock_guard grow_lock(release_mutex_);
   Status st = Status::kOk;

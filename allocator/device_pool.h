@@ -239,6 +239,7 @@ class DevicePool {
   bool fence_with_permit(bool for_unmap = false);
   std::uint64_t release_with_permit(std::uint64_t keep_idle, ReleaseReason reason);
   void note_peaks();  // counts the calling thread's cache as not in use
+  void note_peaks(const ThreadCache* c);  // c: the calling thread's cache (or null)
   // stats_.in_use changes only through these (they keep out_bytes_, the hits' copy, current).
   void add_in_use(std::uint64_t bytes) {
     stats_.in_use += bytes;
