@@ -39,8 +39,8 @@ std::size_t whole_between(std::uintptr_t lo, std::uintptr_t hi, std::size_t page
 }
 }  // namespace
 
-
-// ---- thread caches: the structure and the thread-local lookup ------------------------------------
+// ---- thread caches: the structure and the thread-local lookup
+// ------------------------------------
 
 // One thread's cache of one pool. Guarded by `mutex`, which the owning thread takes on the hot
 // path and others only with the pool's mutex_ held (device_pool.h). Its blocks are linked through
@@ -53,7 +53,9 @@ struct DevicePool::ThreadCache {
     std::uint32_t refill = 1;  // blocks carved at the next miss: doubles while the size recurs
   };
   // Open addressing over exact sizes: a size lives in at most one slot of its probe window; a
-  // slot with no blocks may be taken over by another size.
+  // slot with no blocks may be taken over by another size. A size is claimed in the window's
+  // first slot without blocks, and a slot never becomes unused again (until forget()), so a
+  // lookup stops at the first unused slot.
   static constexpr unsigned kBins = 256;
   static constexpr unsigned kProbe = 8;
 
@@ -64,6 +66,7 @@ struct DevicePool::ThreadCache {
     for (unsigned i = 0; i < kProbe; ++i) {
       Bin& b = bins[(home + i) % kBins];
       if (b.size == size) return &b;
+      if (b.size == 0) break;
     }
     return nullptr;
   }
@@ -111,7 +114,9 @@ struct DevicePool::ThreadCache {
     pending_bytes += b->size;
     ++pending_blocks;
   }
-  bool wants_flush() const { return pending_blocks >= kFlushBlocks || pending_bytes >= kFlushBytes; }
+  bool wants_flush() const {
+    return pending_blocks >= kFlushBlocks || pending_bytes >= kFlushBytes;
+  }
   // Bytes it holds that are not in use.
   std::uint64_t held() const { return cached_bytes + pending_bytes; }
   bool empty() const { return cached_blocks == 0 && pending_blocks == 0; }
@@ -129,7 +134,7 @@ struct DevicePool::ThreadCache {
   PoolMutex mutex;
   DevicePool* pool;  // null once the pool is destroyed (tests; the shim never destroys pools)
   Bin bins[kBins];
-  PtrMap<Block> live;  // blocks it handed out that are not freed yet
+  PtrMap<Block> live;             // blocks it handed out that are not freed yet
   Block* pending_head = nullptr;  // freed, waiting for a fence (the next one takes them)
   Block* pending_tail = nullptr;
   std::uint64_t pending_bytes = 0;
@@ -165,7 +170,7 @@ pthread_key_t g_cache_key;
 
 }  // namespace
 
-DevicePool::ThreadCache* DevicePool::this_thread_cache(bool create) {
+[[gnu::always_inline]] inline DevicePool::ThreadCache* DevicePool::this_thread_cache(bool create) {
   ThreadCaches* t = t_caches;
   if (t != nullptr) [[likely]] {
     for (int i = 0; i < t->count; ++i)
@@ -340,7 +345,8 @@ void DevicePool::note_idle(const ThreadCache* c, bool* wake_releaser) const {
 
 void DevicePool::raise_peak_hint(std::uint64_t in_use) {
   std::uint64_t seen = peak_hint_.load(std::memory_order_relaxed);
-  while (in_use > seen && !peak_hint_.compare_exchange_weak(seen, in_use, std::memory_order_relaxed))
+  while (in_use > seen &&
+         !peak_hint_.compare_exchange_weak(seen, in_use, std::memory_order_relaxed))
     ;
 }
 
@@ -466,7 +472,8 @@ void DevicePool::pending_push(Block* b) {
   stats_.pending += b->size;
 }
 
-// ---- thread caches: the pool's side (mutex_ held) ------------------------------------------------
+// ---- thread caches: the pool's side (mutex_ held)
+// ------------------------------------------------
 
 void DevicePool::flush_pending(ThreadCache* c, bool* wake_releaser) {
   const std::uint64_t seq = c->pending_head != nullptr ? ++pending_seq_ : 0;
@@ -520,8 +527,8 @@ int DevicePool::drain_idle_caches(std::uint64_t now_ms, std::uint64_t quiet_ms) 
   std::lock_guard lock(mutex_);
   int drained = 0;
   for (ThreadCache* c : caches_) {
-    const std::uint64_t calls = c->mallocs.load(std::memory_order_relaxed) +
-                                c->frees.load(std::memory_order_relaxed);
+    const std::uint64_t calls =
+        c->mallocs.load(std::memory_order_relaxed) + c->frees.load(std::memory_order_relaxed);
     if (calls != c->seen_calls || c->seen_ms == 0) {
       c->seen_calls = calls;
       c->seen_ms = now_ms;
@@ -534,6 +541,15 @@ int DevicePool::drain_idle_caches(std::uint64_t now_ms, std::uint64_t quiet_ms) 
     ++drained;
   }
   return drained;
+}
+
+std::uint64_t DevicePool::caches_pending() const {
+  std::uint64_t pending = 0;
+  for (ThreadCache* c : caches_) {
+    std::lock_guard cache_lock(c->mutex);
+    pending += c->pending_bytes;
+  }
+  return pending;
 }
 
 std::uint64_t DevicePool::caches_held() const {
@@ -753,7 +769,7 @@ Status DevicePool::allocate_slow(PoolKind kind, std::size_t rounded, void** ptr)
   std::uint64_t pending;
   {
     std::lock_guard lock(mutex_);
-    pending = stats_.pending;
+    pending = stats_.pending + caches_pending();  // a fence takes the caches' frees too
   }
   // A fence is one device synchronisation for many blocks; growing is a driver call and more
   // memory. Fence once enough is pending that the synchronisation pays for itself: a segment's
@@ -884,7 +900,7 @@ Status DevicePool::allocate_slow_pages(PoolKind kind, std::size_t rounded, void*
   std::uint64_t pending;
   {
     std::lock_guard lock(mutex_);
-    pending = stats_.pending;
+    pending = stats_.pending + caches_pending();  // a fence takes the caches' frees too
   }
   // A fence frees what is pending, whose pages can then move to this request instead of new ones
   // (a page created costs far more than a synchronisation): for large requests, as soon as a

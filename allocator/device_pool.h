@@ -45,9 +45,10 @@
 // Locking: mutex_ guards the structures above and is held only for bookkeeping, never across a
 // Backend call. A cache's lock is taken by its thread on the hot path and by others (drains,
 // reports, a free of its block from another thread) only with mutex_ held: the order is mutex_,
-// then a cache's lock; nobody holding a cache's lock waits for mutex_. release_mutex_ serialises releases with each other and with drop_all(), so that
-// a segment being returned cannot outlive a device reset; with pages it also serialises growth
-// (every change to holes and page mappings happens under it).
+// then a cache's lock; nobody holding a cache's lock waits for mutex_. release_mutex_ serialises
+// releases with each other and with drop_all(), so that a segment being returned cannot outlive a
+// device reset; with pages it also serialises growth (every change to holes and page mappings
+// happens under it).
 #pragma once
 
 #include <atomic>
@@ -99,11 +100,11 @@ class DevicePool {
  public:
   // Thread caches: requests up to this size are cached; what one cache may keep.
   static constexpr std::size_t kCacheMax = kMediumMax;
-  static constexpr std::size_t kCacheBytes = 16 * kMiB;     // free blocks in bins
-  static constexpr std::uint32_t kBinBlocks = 16;           // per exact size
-  static constexpr std::uint32_t kFlushBlocks = 64;         // pending blocks before a flush
-  static constexpr std::size_t kFlushBytes = 16 * kMiB;     // pending bytes before a flush
-  static constexpr std::size_t kRefillBytes = 2 * kMiB;     // at most carved at once for a bin
+  static constexpr std::size_t kCacheBytes = 16 * kMiB;  // free blocks in bins
+  static constexpr std::uint32_t kBinBlocks = 16;        // per exact size
+  static constexpr std::uint32_t kFlushBlocks = 64;      // pending blocks before a flush
+  static constexpr std::size_t kFlushBytes = 16 * kMiB;  // pending bytes before a flush
+  static constexpr std::size_t kRefillBytes = 2 * kMiB;  // at most carved at once for a bin
   static constexpr std::uint32_t kRefillBlocks = 8;
   struct ThreadCache;  // device_pool.cpp
 
@@ -238,7 +239,7 @@ class DevicePool {
   std::uint64_t committed_bytes() const { return stats_.held + growing_bytes_ + releasing_bytes_; }
   bool fence_with_permit(bool for_unmap = false);
   std::uint64_t release_with_permit(std::uint64_t keep_idle, ReleaseReason reason);
-  void note_peaks();  // counts the calling thread's cache as not in use
+  void note_peaks();                      // counts the calling thread's cache as not in use
   void note_peaks(const ThreadCache* c);  // c: the calling thread's cache (or null)
   // stats_.in_use changes only through these (they keep out_bytes_, the hits' copy, current).
   void add_in_use(std::uint64_t bytes) {
@@ -268,11 +269,12 @@ class DevicePool {
   void flush_pending(ThreadCache* c, bool* wake_releaser);  // c's lock held too
   void drain(ThreadCache* c);                               // c's lock held too
   bool drain_all();                                         // locks each cache; true if any held
-  void pending_push(Block* b);  // onto the pool's pending list
+  void pending_push(Block* b);                              // onto the pool's pending list
   // The pool's part of freeing an in-use block that is in no map any more.
   void release_block(Block* b, bool* wake_releaser);
   // Bytes the caches hold that are not in use (stats() subtracts them), locking each cache.
   std::uint64_t caches_held() const;
+  std::uint64_t caches_pending() const;   // bytes in the caches' pending lists, likewise
   bool handed_out(const Block* b) const;  // in live_ or a cache's map
   static void thread_exit(void* caches);  // the thread-local caches' destructor
   FreeIndex<Block>& free_index(PoolKind kind) { return free_[static_cast<int>(kind)]; }
@@ -334,13 +336,13 @@ class DevicePool {
   bool unfenced_frees_ = false;          // a block became free without a fence since the last one
   PoolStats stats_;
   std::vector<ThreadCache*> caches_;  // every thread's cache of this pool
-  const std::uint64_t id_;                     // unique per pool in the process (thread caches)
+  const std::uint64_t id_;            // unique per pool in the process (thread caches)
 
   std::atomic<std::uint64_t> activity_{0};
-  std::atomic<bool> immediate_{false};          // policy_.reuse == kImmediate, for the caches
-  std::atomic<std::uint64_t> out_bytes_{0};     // stats_.in_use, for the caches' checks
-  std::atomic<std::uint64_t> held_bytes_{0};    // stats_.held, likewise
-  std::atomic<std::uint64_t> peak_hint_{0};     // peak in use seen by hits
+  std::atomic<bool> immediate_{false};        // policy_.reuse == kImmediate, for the caches
+  std::atomic<std::uint64_t> out_bytes_{0};   // stats_.in_use, for the caches' checks
+  std::atomic<std::uint64_t> held_bytes_{0};  // stats_.held, likewise
+  std::atomic<std::uint64_t> peak_hint_{0};   // peak in use seen by hits
   std::atomic<std::uint64_t> wake_threshold_;
 };
 

@@ -73,7 +73,7 @@ void Releaser::tick(std::uint64_t now) {
   for (Tracked* t : pools) {
     if (stopping_.load(std::memory_order_acquire)) return;
     DevicePool& pool = *t->pool;
-    if (pool.capture_active()) continue;  // retried once the capture ends
+    if (pool.capture_active()) continue;   // retried once the capture ends
     pool.drain_idle_caches(now, kTickMs);  // a thread that stopped allocating strands nothing
     FrameworkUsage fw;
     if (framework != nullptr) fw = framework->usage(pool.device());

@@ -516,7 +516,7 @@ TEST(DevicePool, FenceDoesNotFreeBlocksFreedWhileItSynchronizes) {
   PoolStats s = pool.stats();
   EXPECT_EQ(s.fences, 1u);
   EXPECT_EQ(s.pending, 4096u);  // b still waits
-  pool.drain_caches();         // the spare blocks the thread's cache carved for this size
+  pool.drain_caches();          // the spare blocks the thread's cache carved for this size
   EXPECT_EQ(alloc_or_fail(pool, 4096), a);
   void* c = alloc_or_fail(pool, 4096);
   EXPECT_NE(c, b);

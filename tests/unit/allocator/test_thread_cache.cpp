@@ -210,9 +210,9 @@ TEST(ThreadCache, TrimsAndFencesRacingWithHitsOnEightThreads) {
     auto claim = [&](void* p, std::size_t size) {
       std::lock_guard lock(owners_mutex);
       auto next = owned.lower_bound(addr_of(p));
-      bool overlaps = (next != owned.end() && next->first < addr_of(p) + size) ||
-                      (next != owned.begin() && std::prev(next)->first + std::prev(next)->second >
-                                                    addr_of(p));
+      bool overlaps =
+          (next != owned.end() && next->first < addr_of(p) + size) ||
+          (next != owned.begin() && std::prev(next)->first + std::prev(next)->second > addr_of(p));
       EXPECT_FALSE(overlaps) << "two live blocks overlap at " << p;
       owned[addr_of(p)] = size;
     };
