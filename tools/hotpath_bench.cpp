@@ -3,9 +3,13 @@
 //   LD_PRELOAD=build/shim/libcudapool.so build/tools/cudapool-hotpath
 //
 // Measures, in one run, the median cost of a cudaMalloc+cudaFree pair and of a malloc+free pair
-// over the same sequence of sizes (random 512 B to 64 KiB from a fixed seed), in two patterns:
-//   alloc-free   allocate, then free at once;
-//   window-64    keep 64 blocks live; each step frees the oldest and allocates a new one.
+// over the same sizes, in these patterns (--pattern selects some; all by default):
+//   alloc-free   random sizes (512 B to 64 KiB from a fixed seed): allocate, then free at once;
+//   window-64    the same sizes; keep 64 blocks live; each step frees the oldest and allocates a
+//                new one;
+//   fixed-SIZE   one fixed size (512B, 4KiB, 16KiB, 64KiB, 1MiB, 8MiB): allocate, then free at
+//                once, every pair the same size (the case a per-thread cache of free blocks
+//                serves).
 // Each workload is warmed up first (so the pool holds what it needs), then timed in batches of N
 // pairs, cudaMalloc and malloc batches alternating; ns/pair = batch time / N, and the table shows
 // the median and the 99th percentile over the batches. Then every thread runs all batches back to
@@ -47,6 +51,21 @@ constexpr std::size_t kMaxSize = 64 * 1024;
 constexpr std::size_t kWindowBlocks = 64;
 constexpr std::size_t kSequence = 1 << 16;  // sizes, cycled
 
+// The patterns, in the order of the table's rows.
+enum class Kind { kAllocFree, kWindow, kFixed };
+struct Pattern {
+  Kind kind;
+  std::size_t size;  // kFixed: the one size
+  const char* name;
+};
+constexpr Pattern kPatterns[] = {
+    {Kind::kAllocFree, 0, "alloc-free"},       {Kind::kWindow, 0, "window-64"},
+    {Kind::kFixed, 512, "fixed-512B"},         {Kind::kFixed, 4 * 1024, "fixed-4KiB"},
+    {Kind::kFixed, 16 * 1024, "fixed-16KiB"},  {Kind::kFixed, 64 * 1024, "fixed-64KiB"},
+    {Kind::kFixed, 1024 * 1024, "fixed-1MiB"}, {Kind::kFixed, 8 * 1024 * 1024, "fixed-8MiB"},
+};
+constexpr std::size_t kPatternCount = sizeof(kPatterns) / sizeof(kPatterns[0]);
+
 struct Args {
   int pairs = 1000;
   int batches = 200;
@@ -54,21 +73,56 @@ struct Args {
   int threads = 1;
   std::uint64_t seed = 1;
   bool json = false;
+  bool selected[kPatternCount] = {};  // none given: all
 };
 
 void usage(FILE* out) {
-  fprintf(out,
-          "usage: [LD_PRELOAD=libcudapool.so] cudapool-hotpath [--pairs N] [--batches N]\n"
-          "                              [--warmup N] [--threads T] [--seed S] [--json]\n"
-          "\n"
-          "Median CPU cost of a cudaMalloc+cudaFree pair (a pool hit under cudapool) vs a glibc\n"
-          "malloc+free pair of the same sizes (512 B to 64 KiB), single thread or T threads.\n"
-          "  --pairs N     pairs per timed batch (default 1000)\n"
-          "  --batches N   timed batches per workload (default 200)\n"
-          "  --warmup N    untimed batches before (default 20)\n"
-          "  --threads T   run the same loop in T threads at once (default 1)\n"
-          "  --seed S      seed of the size sequence (default 1)\n"
-          "  --json        print JSON instead of the table\n");
+  fprintf(
+      out,
+      "usage: [LD_PRELOAD=libcudapool.so] cudapool-hotpath [--pairs N] [--batches N]\n"
+      "                              [--warmup N] [--threads T] [--seed S]\n"
+      "                              [--pattern NAME[,NAME...]]... [--json]\n"
+      "\n"
+      "Median CPU cost of a cudaMalloc+cudaFree pair (a pool hit under cudapool) vs a glibc\n"
+      "malloc+free pair of the same sizes, single thread or T threads, in these patterns:\n"
+      "  alloc-free    random sizes, 512 B to 64 KiB: allocate, then free at once\n"
+      "  window-64     the same sizes, 64 blocks live: free the oldest, allocate a new one\n"
+      "  fixed-512B, fixed-4KiB, fixed-16KiB, fixed-64KiB, fixed-1MiB, fixed-8MiB\n"
+      "                one size every pair: allocate, then free at once\n"
+      "  --pairs N     pairs per timed batch (default 1000)\n"
+      "  --batches N   timed batches per workload (default 200)\n"
+      "  --warmup N    untimed batches before (default 20)\n"
+      "  --threads T   run the same loop in T threads at once (default 1)\n"
+      "  --seed S      seed of the size sequence (default 1)\n"
+      "  --pattern P   run only these patterns, comma-separated or the option repeated\n"
+      "                (\"fixed\": all fixed-*, \"all\"); default: all, in the order above\n"
+      "  --json        print JSON instead of the table\n"
+      "\n"
+      "Instruction counts of the pool-hit path (callgrind) are taken on the first two:\n"
+      "  CUDAPOOL_CONTROL=0 LD_PRELOAD=libcudapool.so valgrind --tool=callgrind \\\n"
+      "    cudapool-hotpath --pairs 1000 --batches 20 --warmup 2 --pattern alloc-free,window-64\n");
+}
+
+// Marks the patterns named in a comma-separated list; false on an unknown name.
+bool select_patterns(const std::string& list, Args* a) {
+  std::size_t begin = 0;
+  while (begin <= list.size()) {
+    std::size_t end = list.find(',', begin);
+    if (end == std::string::npos) end = list.size();
+    std::string name = list.substr(begin, end - begin);
+    begin = end + 1;
+    if (name.empty()) continue;
+    bool known = false;
+    for (std::size_t i = 0; i < kPatternCount; ++i) {
+      const Pattern& p = kPatterns[i];
+      if (name == "all" || name == p.name || (name == "fixed" && p.kind == Kind::kFixed)) {
+        a->selected[i] = true;
+        known = true;
+      }
+    }
+    if (!known) return false;
+  }
+  return true;
 }
 
 bool parse_args(int argc, char** argv, Args* a) {
@@ -88,6 +142,13 @@ bool parse_args(int argc, char** argv, Args* a) {
       fprintf(stderr, "cudapool-hotpath: %s needs a value\n", arg.c_str());
       return false;
     }
+    if (arg == "--pattern") {
+      if (!select_patterns(v, a)) {
+        fprintf(stderr, "cudapool-hotpath: unknown pattern in %s\n", v);
+        return false;
+      }
+      continue;
+    }
     long long n = atoll(v);
     if (arg == "--pairs" && n > 0) {
       a->pairs = static_cast<int>(n);
@@ -104,6 +165,12 @@ bool parse_args(int argc, char** argv, Args* a) {
       return false;
     }
   }
+  bool any = false;
+  for (bool s : a->selected)
+    any = any || s;
+  if (!any)
+    for (bool& s : a->selected)
+      s = true;
   return true;
 }
 
@@ -160,11 +227,6 @@ struct HostAlloc {
   }
 };
 
-enum class Pattern { kAllocFree, kWindow };
-const char* pattern_name(Pattern p) {
-  return p == Pattern::kAllocFree ? "alloc-free" : "window-64";
-}
-
 // One thread's state for one allocator: its place in the size sequence and its live window.
 template <typename Alloc>
 class Runner {
@@ -174,9 +236,12 @@ class Runner {
   ~Runner() { drain(); }
 
   // Runs n pairs; returns nanoseconds.
-  double run(Pattern pattern, int n) {
+  double run(const Pattern& pattern, int n) {
     auto t0 = std::chrono::steady_clock::now();
-    if (pattern == Pattern::kAllocFree) {
+    if (pattern.kind == Kind::kFixed) {
+      for (int i = 0; i < n; ++i)
+        Alloc::release(Alloc::allocate(pattern.size));
+    } else if (pattern.kind == Kind::kAllocFree) {
       for (int i = 0; i < n; ++i)
         Alloc::release(Alloc::allocate(next_size()));
     } else {
@@ -216,7 +281,7 @@ class Runner {
 };
 
 struct Row {
-  Pattern pattern;
+  const Pattern* pattern;
   Distribution cuda, host;                  // ns per pair, over all threads' batches
   double cuda_mpairs = 0, host_mpairs = 0;  // total throughput, million pairs per second
   long long driver_calls = -1;  // cudaMalloc+cudaFree that reached the runtime (timed part)
@@ -226,14 +291,14 @@ struct Row {
 // Runs one pattern with `threads` threads: warm-up, then timed batches alternating cudaMalloc and
 // malloc (which one goes first alternates too). Every thread starts each batch at the same time
 // (a barrier), so with several threads they contend for the same allocator.
-Row measure(Pattern pattern, const Args& args, const std::vector<std::uint32_t>& sizes,
+Row measure(const Pattern& pattern, const Args& args, const std::vector<std::uint32_t>& sizes,
             const Counters& counters) {
   using Clock = std::chrono::steady_clock;
   struct Span {
     Clock::time_point start, end;
   };
   Row row;
-  row.pattern = pattern;
+  row.pattern = &pattern;
   int t = args.threads;
   std::vector<std::vector<double>> cuda_ns(t), host_ns(t);
   std::vector<Span> cuda_run(t), host_run(t);
@@ -351,8 +416,12 @@ int main(int argc, char** argv) {
     s = dist(rng);
 
   std::vector<Row> rows;
-  for (Pattern p : {Pattern::kAllocFree, Pattern::kWindow})
-    rows.push_back(measure(p, args, sizes, counters));
+  bool any_fixed = false;
+  for (std::size_t i = 0; i < kPatternCount; ++i) {
+    if (!args.selected[i]) continue;
+    rows.push_back(measure(kPatterns[i], args, sizes, counters));
+    any_fixed = any_fixed || kPatterns[i].kind == Kind::kFixed;
+  }
 
   if (args.json) {
     printf(
@@ -369,11 +438,14 @@ int main(int argc, char** argv) {
           "%s\n    {\"name\": \"%s\", \"cuda_ns_per_pair\": %.2f, \"cuda_p99\": %.2f, "
           "\"glibc_ns_per_pair\": %.2f, \"glibc_p99\": %.2f, \"ratio\": %.3f, "
           "\"cuda_mpairs_per_s\": %.3f, \"glibc_mpairs_per_s\": %.3f, "
-          "\"driver_calls\": %s, \"device_syncs\": %s}",
-          i ? "," : "", pattern_name(r.pattern), r.cuda.median, r.cuda.p99, r.host.median,
-          r.host.p99, r.host.median > 0 ? r.cuda.median / r.host.median : 0, r.cuda_mpairs,
-          r.host_mpairs, r.driver_calls < 0 ? "null" : std::to_string(r.driver_calls).c_str(),
-          r.device_syncs < 0 ? "null" : std::to_string(r.device_syncs).c_str());
+          "\"driver_calls\": %s, \"device_syncs\": %s%s}",
+          i ? "," : "", r.pattern->name, r.cuda.median, r.cuda.p99, r.host.median, r.host.p99,
+          r.host.median > 0 ? r.cuda.median / r.host.median : 0, r.cuda_mpairs, r.host_mpairs,
+          r.driver_calls < 0 ? "null" : std::to_string(r.driver_calls).c_str(),
+          r.device_syncs < 0 ? "null" : std::to_string(r.device_syncs).c_str(),
+          r.pattern->kind == Kind::kFixed
+              ? (", \"size_bytes\": " + std::to_string(r.pattern->size)).c_str()
+              : "");
     }
     printf("\n  ]\n}\n");
     return 0;
@@ -384,29 +456,30 @@ int main(int argc, char** argv) {
   printf("runtime: %s (%s)\n", counters.present() ? "stand-in" : "NVIDIA", runtime_lib.c_str());
   printf(
       "%d thread%s, %d batches of %d pairs after %d warm-up batches; sizes %zu B to %zu KiB, "
-      "uniform (seed %" PRIu64 ")\n\n",
+      "uniform (seed %" PRIu64 ")\n",
       args.threads, args.threads > 1 ? "s" : "", args.batches, args.pairs, args.warmup, kMinSize,
       kMaxSize / 1024, args.seed);
+  if (any_fixed) printf("fixed-SIZE rows: that one size every pair, allocated and freed at once\n");
+  printf("\n");
   std::string cuda_col = std::string(label) + " ns/pair";
   printf("%-12s %21s %9s %15s %9s %7s %21s %14s\n", "workload", cuda_col.c_str(), "p99",
          "glibc ns/pair", "p99", "ratio", (std::string(label) + " Mpair/s").c_str(),
          "glibc Mpair/s");
   for (const Row& r : rows) {
     double ratio = r.host.median > 0 ? r.cuda.median / r.host.median : 0;
-    printf("%-12s %21.1f %9.1f %15.1f %9.1f %7.2f %21.2f %14.2f\n", pattern_name(r.pattern),
-           r.cuda.median, r.cuda.p99, r.host.median, r.host.p99, ratio, r.cuda_mpairs,
-           r.host_mpairs);
+    printf("%-12s %21.1f %9.1f %15.1f %9.1f %7.2f %21.2f %14.2f\n", r.pattern->name, r.cuda.median,
+           r.cuda.p99, r.host.median, r.host.p99, ratio, r.cuda_mpairs, r.host_mpairs);
   }
   printf("\n");
   for (const Row& r : rows) {
     if (r.driver_calls < 0) {
       printf("%s: driver calls during the timed part not visible (NVIDIA's runtime)\n",
-             pattern_name(r.pattern));
+             r.pattern->name);
     } else {
       printf(
           "%s: %s cudaMalloc/cudaFree reached the runtime during the timed part (%lld pairs), "
           "%s device synchronisations%s\n",
-          pattern_name(r.pattern), opt_count(r.driver_calls).c_str(),
+          r.pattern->name, opt_count(r.driver_calls).c_str(),
           2LL * args.threads * args.batches * args.pairs, opt_count(r.device_syncs).c_str(),
           pooled ? " (the pool's fences)" : "");
     }

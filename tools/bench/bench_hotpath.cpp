@@ -285,6 +285,12 @@ std::vector<std::string> base_worker_env() {
           "CUDAPOOL_LOG_LEVEL=warn", "CUDAPOOL_CONTROL=0"};
 }
 
+// A row line's values end at a space: the worker sends "not installed" as "not_installed".
+std::string replace_char(std::string s, char from, char to) {
+  std::replace(s.begin(), s.end(), from, to);
+  return s;
+}
+
 std::string fmt_ns(double v) {
   if (v < 0) return "-";
   return v >= 100000 ? format("%.0fk", v / 1000) : v >= 100 ? format("%.0f", v) : format("%.1f", v);
@@ -342,7 +348,7 @@ int hotpath_worker(const Args& in) {
       if (a.missing.empty())
         allocs.push_back(a);
       else
-        missing.push_back({{"alloc", name}, {"missing", a.missing}});
+        missing.push_back({{"alloc", name}, {"missing", replace_char(a.missing, ' ', '_')}});
     }
   }
   for (const Row& m : missing)
@@ -415,6 +421,11 @@ int hotpath_main(const Args& in) {
   bool standin = StandinProbe::read().present;
   std::string batches = o.quick ? "100" : "400", warmup = o.quick ? "10" : "40";
   std::string seed = std::to_string(o.seed);
+  // 1, 2 and 4 threads on every machine; with fewer than 4 cores the 4-thread rows share cores
+  // (the table says so), which keeps the rows and the JSON the same everywhere.
+  unsigned cores = std::thread::hardware_concurrency();
+  const char* kThreads[] = {"1", "2", "4"};
+  const std::string threads_list = "1,2,4";
   std::vector<Row> pool_rows, pass_rows;
   std::vector<std::string> env = base_worker_env();
   env.push_back("LD_PRELOAD=" + preload_with_cudapool(getenv("LD_PRELOAD"), lib));
@@ -426,9 +437,10 @@ int hotpath_main(const Args& in) {
 #else
   const char* host_allocs = "cuda,glibc,jemalloc,mimalloc";
 #endif
-  if (!run_worker({"worker", "hotpath", "--allocs", host_allocs, "--batches", batches, "--warmup",
-                   warmup, "--seed", seed, "--cuda-label", "cudapool"},
-                  env, &pool_rows, &error)) {
+  if (!run_worker(
+          {"worker", "hotpath", "--allocs", host_allocs, "--threads", threads_list, "--batches",
+           batches, "--warmup", warmup, "--seed", seed, "--cuda-label", "cudapool"},
+          env, &pool_rows, &error)) {
     fprintf(stderr, "cudapool-bench hotpath: pool worker: %s\n", error.c_str());
     return 1;
   }
@@ -438,10 +450,10 @@ int hotpath_main(const Args& in) {
     env.push_back(format("STANDIN_MALLOC_LATENCY_US=%g", o.malloc_latency_us));
     env.push_back(format("STANDIN_FREE_LATENCY_US=%g", o.free_latency_us));
   }
-  if (!run_worker(
-          {"worker", "hotpath", "--allocs", "cuda", "--batches", o.quick ? "8" : "30", "--warmup",
-           "1", "--seed", seed, "--cuda-label", "pass-through", "--pairs-divisor", "20"},
-          env, &pass_rows, &error)) {
+  if (!run_worker({"worker", "hotpath", "--allocs", "cuda", "--threads", threads_list, "--batches",
+                   o.quick ? "8" : "30", "--warmup", "1", "--seed", seed, "--cuda-label",
+                   "pass-through", "--pairs-divisor", "20"},
+                  env, &pass_rows, &error)) {
     fprintf(stderr, "cudapool-bench hotpath: pass-through worker: %s\n", error.c_str());
     return 1;
   }
@@ -458,7 +470,7 @@ int hotpath_main(const Args& in) {
   Row calls;  // call_costs() of the pool worker
   for (auto* rows : {&pool_rows, &pass_rows})
     for (Row& r : *rows) {
-      if (r.count("missing")) missing[r["alloc"]] = r["missing"];
+      if (r.count("missing")) missing[r["alloc"]] = replace_char(r["missing"], '_', ' ');
       if (r.count("probe") && rows == &pool_rows) calls = r;
       if (r.count("class")) by[r["class"] + "/" + r["threads"] + "/" + r["alloc"]] = r;
     }
@@ -470,15 +482,16 @@ int hotpath_main(const Args& in) {
   };
 
   if (o.json) {
-    printf("{\n  \"benchmark\": \"hotpath\",\n  \"runtime\": \"%s\",\n",
-           standin ? "standin" : "nvidia");
-    printf("  \"pass_through_latency_us\": {\"malloc\": %g, \"free\": %g},\n  \"rows\": [",
+    printf("{\n  \"benchmark\": \"hotpath\",\n  \"runtime\": \"%s\",\n  \"cores\": %u,\n",
+           standin ? "standin" : "nvidia", cores);
+    printf("  \"pass_through_latency_us\": {\"malloc\": %g, \"free\": %g},\n",
            standin ? o.malloc_latency_us : 0.0, standin ? o.free_latency_us : 0.0);
     if (calls.count("cudaGetDevice_ns"))
       printf("  \"call_ns\": {\"cudaGetDevice\": %s%s},\n", calls["cudaGetDevice_ns"].c_str(),
              calls.count("cuCtxGetCurrent_ns")
                  ? (", \"cuCtxGetCurrent\": " + calls["cuCtxGetCurrent_ns"]).c_str()
                  : "");
+    printf("  \"rows\": [");
     bool first = true;
     for (auto& [key, r] : by) {
       printf("%s\n    {", first ? "" : ",");
@@ -522,7 +535,7 @@ int hotpath_main(const Args& in) {
   header.push_back("driver calls");
   Table t(header);
   for (const SizeClass& cls : kClasses) {
-    for (const char* th : {"1", "2"}) {
+    for (const char* th : kThreads) {
       std::vector<std::string> row = {cls.name, th};
       for (const char* n : names) {
         std::string key = std::string(cls.name) + "/" + th + "/" + n;
@@ -541,20 +554,30 @@ int hotpath_main(const Args& in) {
   }
   printf("%s\n", t.render().c_str());
   printf(
-      "throughput with 2 threads / with 1 thread (median over batches of all threads' pairs / "
-      "the slowest thread's time):\n");
-  Table s({"class", "cudapool", "glibc", "jemalloc", "mimalloc"});
+      "throughput with 2 threads and with 4 threads / with 1 thread (median over batches of all "
+      "threads' pairs / the slowest thread's time):\n");
+  Table s({"class", "thr", "cudapool", "glibc", "jemalloc", "mimalloc"});
   for (const SizeClass& cls : kClasses) {
-    std::vector<std::string> row = {cls.name};
-    for (const char* n : {"cudapool", "glibc", "jemalloc", "mimalloc"}) {
-      std::string k1 = std::string(cls.name) + "/1/" + n, k2 = std::string(cls.name) + "/2/" + n;
-      double a = by.count(k1) ? row_number(by[k1], "mpairs") : -1;
-      double b = by.count(k2) ? row_number(by[k2], "mpairs") : -1;
-      row.push_back(a > 0 && b > 0 ? format("%.2fx", b / a) : "-");
+    for (const char* th : {"2", "4"}) {
+      std::vector<std::string> row = {cls.name, th};
+      for (const char* n : {"cudapool", "glibc", "jemalloc", "mimalloc"}) {
+        std::string k1 = std::string(cls.name) + "/1/" + n;
+        std::string kt = std::string(cls.name) + "/" + th + "/" + n;
+        double a = by.count(k1) ? row_number(by[k1], "mpairs") : -1;
+        double b = by.count(kt) ? row_number(by[kt], "mpairs") : -1;
+        row.push_back(a > 0 && b > 0 ? format("%.2fx", b / a) : "-");
+      }
+      s.add(row);
     }
-    s.add(row);
   }
   printf("%s", s.render().c_str());
+  if (cores == 0)
+    printf("(the number of cores is unknown: the 4-thread rows may share cores)\n");
+  else if (cores < 4)
+    printf(
+        "(this machine has %u core%s: the 4 threads take turns on them, so the 4-thread rows "
+        "measure sharing a core, not scaling; read them on a machine with 4 cores or more)\n",
+        cores, cores == 1 ? "" : "s");
   if (calls.count("cudaGetDevice_ns"))
     printf("\nruntime calls on every cudaMalloc: cudaGetDevice %s ns%s\n",
            calls["cudaGetDevice_ns"].c_str(),

@@ -1,7 +1,8 @@
 // cudapool-bench: the benchmark suite (docs/benchmarks.md).
 //
 //   cudapool-bench hotpath [--quick] [--json]      pool-hit pair vs glibc, jemalloc, mimalloc and
-//                                                  pass-through, 1 and 2 threads, per size class
+//                                                  pass-through, 1, 2 and 4 threads, per size
+//                                                  class
 //   cudapool-bench scale [--quick] [--json]        cost per pair with 10^3 .. 10^6 live blocks
 //   cudapool-bench replay [TRACE...] [--svg DIR]   traces through the pool (simulated backend and
 //                                                  libcudapool.so on the runtime) vs pass-through
@@ -67,7 +68,7 @@ void usage(FILE* out) {
       "usage: cudapool-bench hotpath|scale|replay [options]\n"
       "\n"
       "  hotpath               CPU cost of a cudaMalloc+cudaFree pair served by the pool, per\n"
-      "                        size class, 1 and 2 threads, beside glibc, jemalloc, mimalloc\n"
+      "                        size class, 1, 2 and 4 threads, beside glibc, jemalloc, mimalloc\n"
       "                        and the pass-through path (no pool)\n"
       "  scale                 cost per pair with 10^3, 10^4, 10^5 and 10^6 live blocks\n"
       "  replay [TRACE...]     replay traces (CSV files or generated: burst, transformer, cnn,\n"
