@@ -33,15 +33,17 @@
 // To the pool a block in a cache (binned, in use through it, or pending in it) is in use: it is
 // in no index and not in live_, and stats_ counts it in in_use; stats() subtracts what the caches
 // hold, so every reported figure is exact. More invariants:
-//   - a binned block is free and was fenced (carved from free memory, a local pending block after
-//     a fence that began after its free, or freed under ReuseMode::kImmediate with no capture
-//     active: then its cache marks itself unfenced, and draining it counts as an unfenced free);
+//   - a binned block is free: carved from the pool's free memory, or freed under
+//     ReuseMode::kImmediate with no capture active (its cache then marks itself unfenced, and
+//     draining or fencing it counts as an unfenced free); a cache's pending blocks never reach a
+//     bin, they become free only through the pool's pending list;
 //   - a cache holds at most kCacheBytes in bins and flushes its pending list to the pool's once it
-//     holds kFlushBlocks blocks or kFlushBytes;
-//   - every release, trim, limit or out-of-memory retry, growth and device reset first drains
-//     every cache (bins become free, pending blocks join the pool's pending list), and so does a
-//     thread's exit (its live blocks move to live_) and the release thread for a cache no call
-//     touched for a tick.
+//     holds kFlushBlocks blocks or kFlushBytes; every fence first flushes every cache's list, so
+//     it covers every free made before it;
+//   - every release, trim, limit or out-of-memory retry, growth (after the miss path's fence) and
+//     device reset first drains every cache (bins become free, pending blocks join the pool's
+//     pending list), and so does a thread's exit (its live blocks move to live_) and the release
+//     thread for a cache no call touched for a tick.
 // Locking: mutex_ guards the structures above and is held only for bookkeeping, never across a
 // Backend call. A cache's lock is taken by its thread on the hot path and by others (drains,
 // reports, a free of its block from another thread) only with mutex_ held: the order is mutex_,
