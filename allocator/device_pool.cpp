@@ -301,7 +301,7 @@ Status DevicePool::allocate(std::size_t size, void** ptr) {
     ++stats_.alloc_failures;
     return Status::kOutOfMemory;
   }
-  if (rounded <= kCacheMax) [[likely]] {
+  if (rounded <= kCacheMax && (caches_on_.load(std::memory_order_relaxed) || second_thread())) {
     if (ThreadCache* c = this_thread_cache(/*create=*/true)) [[likely]] {
       c->mutex.lock();
       ThreadCache::Bin* bin = c->find(rounded);
@@ -341,6 +341,19 @@ void DevicePool::note_idle(const ThreadCache* c, bool* wake_releaser) const {
   const std::uint64_t out = out_bytes_.load(std::memory_order_relaxed);
   const std::uint64_t idle = held - std::min(held, out) + (c != nullptr ? c->held() : 0);
   if (idle > wake_threshold_.load(std::memory_order_relaxed)) *wake_releaser = true;
+}
+
+// Caches start once a second thread allocates: until then the one thread's calls take the pool's
+// lock uncontended, and a cache would only add its own bookkeeping (a thread is told apart by
+// the address of its thread-local pointer; a thread that replaces an exited one may share it).
+bool DevicePool::second_thread() {
+  const void* me = &t_caches;
+  const void* first = first_thread_.load(std::memory_order_relaxed);
+  if (first == me) [[likely]]
+    return false;
+  if (first == nullptr && first_thread_.compare_exchange_strong(first, me)) return false;
+  caches_on_.store(true, std::memory_order_relaxed);
+  return true;
 }
 
 void DevicePool::raise_peak_hint(std::uint64_t in_use) {

@@ -25,7 +25,8 @@
 //     (or at once under ReuseMode::kImmediate when no capture is active); a page is unmapped
 //     only when wholly inside a free block and after a fence that followed every free on it.
 //
-// Thread caches (docs/thread-caches.md). Each thread that allocates on the pool gets a cache of its
+// Thread caches (docs/thread-caches.md). Once a second thread allocates on the pool (until then
+// the one thread's calls take mutex_ uncontended), each thread that allocates gets a cache of its
 // own (ThreadCache, found through a thread-local pointer): exact-size bins of free, fenced blocks
 // (requests up to kCacheMax), a map of the blocks it handed out, and a list of blocks it freed
 // that wait for a fence. A hit pops a bin and a free of its own block pushes the pending list,
@@ -266,6 +267,7 @@ class DevicePool {
   // ---- thread caches (mutex_ held unless noted) ----
   ThreadCache* this_thread_cache(bool create);  // no lock; null if none (or none possible)
   ThreadCache* new_thread_cache();
+  bool second_thread();  // true once a thread other than the first allocates (then always)
   Status refill(ThreadCache* c, std::size_t rounded, void** ptr);  // no lock held
   // Moves the cache's pending list to the pool's (fenced blocks become free at once).
   void flush_pending(ThreadCache* c, bool* wake_releaser);  // c's lock held too
@@ -341,10 +343,13 @@ class DevicePool {
   const std::uint64_t id_;            // unique per pool in the process (thread caches)
 
   std::atomic<std::uint64_t> activity_{0};
-  std::atomic<bool> immediate_{false};        // policy_.reuse == kImmediate, for the caches
-  std::atomic<std::uint64_t> out_bytes_{0};   // stats_.in_use, for the caches' checks
-  std::atomic<std::uint64_t> held_bytes_{0};  // stats_.held, likewise
-  std::atomic<std::uint64_t> peak_hint_{0};   // peak in use seen by hits
+  std::atomic<bool> immediate_{false};
+  std::atomic<bool> caches_on_{false};              // a second thread allocated: caches in use
+  std::atomic<const void*> first_thread_{nullptr};  // the first thread that allocated        //
+                                                    // policy_.reuse == kImmediate, for the caches
+  std::atomic<std::uint64_t> out_bytes_{0};         // stats_.in_use, for the caches' checks
+  std::atomic<std::uint64_t> held_bytes_{0};        // stats_.held, likewise
+  std::atomic<std::uint64_t> peak_hint_{0};         // peak in use seen by hits
   std::atomic<std::uint64_t> wake_threshold_;
 };
 

@@ -19,6 +19,17 @@ namespace {
 constexpr ReuseMode kFence = ReuseMode::kFence;
 constexpr ReuseMode kImmediate = ReuseMode::kImmediate;
 
+// The caches start once a second thread allocates: one allocation and its free on another thread
+// (a medium block, in a segment of its own kind, fenced: it stays out of the small blocks' way).
+void start_caches(DevicePool& pool) {
+  std::thread([&pool] {
+    void* p = alloc_or_fail(pool, 2 * kMiB);
+    EXPECT_EQ(free_block(pool, p), Status::kOk);
+  }).join();
+  EXPECT_TRUE(pool.fence());
+  pool.reset_peaks();
+}
+
 // Allocates `n` blocks of `size` and frees them all, on this thread.
 void churn(DevicePool& pool, std::size_t size, int n) {
   std::vector<void*> blocks;
@@ -28,8 +39,21 @@ void churn(DevicePool& pool, std::size_t size, int n) {
     ASSERT_EQ(free_block(pool, p), Status::kOk);
 }
 
+TEST(ThreadCache, OneThreadAloneUsesThePoolDirectly) {
+  SimPool t(policy_with(kImmediate));
+  void* a = t.alloc(4096);
+  ASSERT_EQ(t.free(a), Status::kOk);  // into the pool, not a bin: the next size fits there
+  EXPECT_EQ(t.alloc(2048), a);
+  start_caches(t.pool);
+  void* b = t.alloc(8192);
+  ASSERT_EQ(t.free(b), Status::kOk);  // now into this thread's bin
+  EXPECT_NE(t.alloc(4096), b);
+  EXPECT_EQ(t.alloc(8192), b);
+}
+
 TEST(ThreadCache, StatsCountWhatACacheHoldsAsIdle) {
   SimPool t(policy_with(kImmediate));
+  start_caches(t.pool);
   std::vector<void*> blocks;
   for (int i = 0; i < 10; ++i)
     blocks.push_back(t.alloc(4096));
@@ -38,8 +62,8 @@ TEST(ThreadCache, StatsCountWhatACacheHoldsAsIdle) {
   PoolStats s = t.pool.stats();
   EXPECT_EQ(s.in_use, 4 * 4096u);
   EXPECT_EQ(s.live_blocks, 4u);
-  EXPECT_EQ(s.app_mallocs, 10u);
-  EXPECT_EQ(s.app_frees, 6u);
+  EXPECT_EQ(s.app_mallocs, 11u);  // with start_caches()'s
+  EXPECT_EQ(s.app_frees, 7u);
   EXPECT_EQ(s.idle(), s.held - 4 * 4096u);
   expect_consistent(t.pool, t.backend);
   // The report of the blocks agrees with the counters.
@@ -52,6 +76,7 @@ TEST(ThreadCache, StatsCountWhatACacheHoldsAsIdle) {
 
 TEST(ThreadCache, PendingFreesOfACacheCountAsPendingAndWaitForTheFence) {
   SimPool t(policy_with(kFence));
+  start_caches(t.pool);
   void* a = t.alloc(4096);
   void* keep = t.alloc(4096);
   ASSERT_EQ(t.free(a), Status::kOk);
@@ -69,6 +94,7 @@ TEST(ThreadCache, PendingFreesOfACacheCountAsPendingAndWaitForTheFence) {
 // fence, and B gets it after one.
 TEST(ThreadCache, ABlockFreedOnOneThreadReachesAnotherOnlyAfterAFence) {
   SimPool t(policy_with(kFence));
+  start_caches(t.pool);
   std::vector<void*> freed;
   std::thread a([&] {
     for (int i = 0; i < 32; ++i)
@@ -99,6 +125,7 @@ TEST(ThreadCache, ABlockFreedOnOneThreadReachesAnotherOnlyAfterAFence) {
 
 TEST(ThreadCache, FreesFromAnotherThreadSucceedAndDoubleFreesAreRefused) {
   SimPool t(policy_with(kFence));
+  start_caches(t.pool);
   std::vector<void*> blocks;
   for (int i = 0; i < 100; ++i)
     blocks.push_back(t.alloc(512 * (1 + i % 8)));
@@ -119,6 +146,7 @@ TEST(ThreadCache, FreesFromAnotherThreadSucceedAndDoubleFreesAreRefused) {
 TEST(ThreadCache, AThreadThatExitsWithAFullCacheReturnsIt) {
   for (ReuseMode mode : {kFence, kImmediate}) {
     SimPool t(policy_with(mode));
+    start_caches(t.pool);
     void* kept = nullptr;
     std::thread worker([&] {
       churn(t.pool, 64 * kKiB, 200);
@@ -128,8 +156,8 @@ TEST(ThreadCache, AThreadThatExitsWithAFullCacheReturnsIt) {
     worker.join();
     PoolStats s = t.pool.stats();
     EXPECT_EQ(s.in_use, 4096u);
-    EXPECT_EQ(s.app_mallocs, 401u);  // the thread's counters stay counted
-    EXPECT_EQ(s.app_frees, 400u);
+    EXPECT_EQ(s.app_mallocs, 402u);  // the thread's counters stay counted (and start_caches()'s)
+    EXPECT_EQ(s.app_frees, 401u);
     // Everything but the segment of the live block goes back, and that block can still be freed.
     t.pool.release_idle(0, ReleaseReason::kTrim);
     EXPECT_EQ(t.pool.stats().held, kSmallSegment);
@@ -144,6 +172,7 @@ TEST(ThreadCache, AThreadThatExitsWithAFullCacheReturnsIt) {
 // A release drains the caches of threads that are still alive but idle.
 TEST(ThreadCache, ReleaseReachesTheCachesOfLiveThreads) {
   SimPool t(policy_with(kImmediate));
+  start_caches(t.pool);
   std::latch filled(1), done(1);
   std::thread worker([&] {
     churn(t.pool, 16 * kKiB, 300);
@@ -163,6 +192,7 @@ TEST(ThreadCache, ReleaseReachesTheCachesOfLiveThreads) {
 
 TEST(ThreadCache, IdleCachesAreDrainedOnlyAfterTheQuietTime) {
   SimPool t(policy_with(kImmediate));
+  start_caches(t.pool);
   churn(t.pool, 4096, 50);
   EXPECT_EQ(t.pool.drain_idle_caches(1000, 100), 0);  // first look: remembers the calls
   EXPECT_EQ(t.pool.drain_idle_caches(1050, 100), 0);  // quiet for 50 ms only
@@ -177,6 +207,7 @@ TEST(ThreadCache, IdleCachesAreDrainedOnlyAfterTheQuietTime) {
 
 TEST(ThreadCache, PeakInUseIsExactOnOneThread) {
   SimPool t(policy_with(kImmediate));
+  start_caches(t.pool);
   std::mt19937 rng(7);
   std::vector<std::pair<void*, std::size_t>> live;
   std::uint64_t in_use = 0, peak = 0;
@@ -204,6 +235,7 @@ TEST(ThreadCache, PeakInUseIsExactOnOneThread) {
 TEST(ThreadCache, TrimsAndFencesRacingWithHitsOnEightThreads) {
   for (ReuseMode mode : {kFence, kImmediate}) {
     SimPool t(policy_with(mode));
+    start_caches(t.pool);
     std::atomic<bool> stop{false};
     std::mutex owners_mutex;
     std::map<std::uintptr_t, std::size_t> owned;  // live blocks of all threads
@@ -271,6 +303,7 @@ TEST(ThreadCache, TrimsAndFencesRacingWithHitsOnEightThreads) {
 // A device reset forgets what every cache holds; the threads go on with fresh blocks.
 TEST(ThreadCache, ResetForgetsTheCachesOfEveryThread) {
   SimPool t(policy_with(kImmediate));
+  start_caches(t.pool);
   std::latch filled(1), reset(1);
   std::thread worker([&] {
     churn(t.pool, 4096, 100);
