@@ -397,6 +397,7 @@ __attribute__((noinline)) Status DevicePool::refill(ThreadCache* c, std::size_t 
 }
 
 Status DevicePool::free_cached(void* ptr, bool* wake_releaser) {
+  if (!caches_on_.load(std::memory_order_relaxed)) return Status::kNotOwned;
   ThreadCache* c = this_thread_cache(/*create=*/false);
   if (c == nullptr) return Status::kNotOwned;
   const auto addr = reinterpret_cast<std::uintptr_t>(ptr);
@@ -439,6 +440,10 @@ Status DevicePool::free_cached(void* ptr, bool* wake_releaser) {
 
 Status DevicePool::free(void* ptr, bool* wake_releaser) {
   if (free_cached(ptr, wake_releaser) == Status::kOk) return Status::kOk;
+  return free_shared(ptr, wake_releaser);
+}
+
+Status DevicePool::free_shared(void* ptr, bool* wake_releaser) {
   auto addr = reinterpret_cast<std::uintptr_t>(ptr);
   std::lock_guard lock(mutex_);
   Block* b = live_.find(addr);
@@ -475,7 +480,12 @@ void DevicePool::release_block(Block* b, bool* wake_releaser) {
     b->pending_seq = ++pending_seq_;
     pending_push(b);
   }
-  if (wake_releaser != nullptr) note_idle(this_thread_cache(/*create=*/false), wake_releaser);
+  if (wake_releaser == nullptr) return;
+  if (caches_on_.load(std::memory_order_relaxed)) {
+    note_idle(this_thread_cache(/*create=*/false), wake_releaser);
+  } else if (stats_.held - stats_.in_use > wake_threshold_.load(std::memory_order_relaxed)) {
+    *wake_releaser = true;
+  }
 }
 
 void DevicePool::pending_push(Block* b) {
@@ -754,7 +764,8 @@ const DevicePool::Segment* DevicePool::segment_containing(std::uintptr_t addr) c
 }
 
 void DevicePool::note_peaks() {
-  note_peaks(this_thread_cache(/*create=*/false));
+  note_peaks(caches_on_.load(std::memory_order_relaxed) ? this_thread_cache(/*create=*/false)
+                                                        : nullptr);
 }
 
 void DevicePool::note_peaks(const ThreadCache* c) {

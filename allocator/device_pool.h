@@ -128,6 +128,8 @@ class DevicePool {
   // The part of free() that needs no pool lock: a block this thread's cache handed out. kNotOwned
   // when it is not one (free() then knows). For callers that try several pools.
   Status free_cached(void* ptr, bool* wake_releaser);
+  // The rest of free(): under the pool's lock (after free_cached() said kNotOwned).
+  Status free_shared(void* ptr, bool* wake_releaser);
   // kOk if `ptr` is a live block that starts its segment, kInvalidValue if it is inside a segment
   // otherwise (always, with pages: mapped memory cannot be exported), kNotOwned if not ours.
   Status check_ipc_base(void* ptr) const;

@@ -252,7 +252,7 @@ bool Shim::pool_free(void* ptr, cudaError_t* result) {
       DevicePool* pool = existing_pool(d);
       if (pool == nullptr) continue;
       bool wake = false;
-      Status st = pass == 0 ? pool->free_cached(ptr, &wake) : pool->free(ptr, &wake);
+      Status st = pass == 0 ? pool->free_cached(ptr, &wake) : pool->free_shared(ptr, &wake);
       if (st == Status::kNotOwned) continue;
       if (st == Status::kOk) {
         if (wake && !g_exiting.load(std::memory_order_relaxed)) releaser_.wake();
