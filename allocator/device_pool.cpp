@@ -142,6 +142,8 @@ struct DevicePool::ThreadCache {
   std::uint32_t pending_blocks = 0;
   std::uint32_t cached_blocks = 0;
   bool unfenced = false;  // a block entered a bin straight from a free (immediate reuse)
+  static constexpr std::uint64_t kWakeStep = 1 * kMiB;
+  std::uint64_t wake_checked = 0;  // held() at the last wake check
   // Written by the owner only (a load and a store), read by anyone: the pool sums them.
   std::atomic<std::uint64_t> mallocs{0};
   std::atomic<std::uint64_t> frees{0};
@@ -308,13 +310,9 @@ Status DevicePool::allocate(std::size_t size, void** ptr) {
       if (bin != nullptr && bin->head != nullptr) [[likely]] {
         Block* b = c->pop(bin);
         c->hand_out(b);
-        const std::uint64_t held = c->held();
         c->mutex.unlock();
-        // Peak in use: what is out of the pool less what this cache holds (other threads'
-        // caches count as in use here: the peak may overstate by what they hold).
-        const std::uint64_t out = out_bytes_.load(std::memory_order_relaxed);
-        if (out - std::min(out, held) > peak_hint_.load(std::memory_order_relaxed)) [[unlikely]]
-          raise_peak_hint(out - std::min(out, held));
+        // (No peak check here: it would read a line every refill writes. The pool notes peaks at
+        // its own operations, so the peak in use may miss what caches handed out in between.)
         *ptr = reinterpret_cast<void*>(b->addr);
         return Status::kOk;
       }
@@ -336,6 +334,17 @@ Status DevicePool::allocate(std::size_t size, void** ptr) {
 
 // A free into a cache: wake the release thread once idle memory passes its threshold. Other
 // threads' caches are not counted (what they hold is bounded: kCacheBytes + kFlushBytes).
+// Reads lines other threads write: only each time the cache's holdings grew by kWakeStep.
+void DevicePool::maybe_note_idle(ThreadCache* c, bool* wake_releaser) const {
+  const std::uint64_t held = c->held();
+  if (held < c->wake_checked + ThreadCache::kWakeStep) {
+    if (held < c->wake_checked) c->wake_checked = held;
+    return;
+  }
+  c->wake_checked = held;
+  note_idle(c, wake_releaser);
+}
+
 void DevicePool::note_idle(const ThreadCache* c, bool* wake_releaser) const {
   const std::uint64_t held = held_bytes_.load(std::memory_order_relaxed);
   const std::uint64_t out = out_bytes_.load(std::memory_order_relaxed);
@@ -354,13 +363,6 @@ bool DevicePool::second_thread() {
   if (first == nullptr && first_thread_.compare_exchange_strong(first, me)) return false;
   caches_on_.store(true, std::memory_order_relaxed);
   return true;
-}
-
-void DevicePool::raise_peak_hint(std::uint64_t in_use) {
-  std::uint64_t seen = peak_hint_.load(std::memory_order_relaxed);
-  while (in_use > seen &&
-         !peak_hint_.compare_exchange_weak(seen, in_use, std::memory_order_relaxed))
-    ;
 }
 
 // A bin was empty: the pool carves the request and, when the size recurs, a few more of it for
@@ -416,7 +418,7 @@ Status DevicePool::free_cached(void* ptr, bool* wake_releaser) {
     if (c->has_room(bin, b->size)) {
       c->push(bin, b);
       c->unfenced = true;
-      note_idle(c, wake_releaser);
+      maybe_note_idle(c, wake_releaser);
       c->mutex.unlock();
       return Status::kOk;
     }
@@ -427,7 +429,7 @@ Status DevicePool::free_cached(void* ptr, bool* wake_releaser) {
   }
   c->pending_push(b);
   if (!c->wants_flush()) [[likely]] {
-    note_idle(c, wake_releaser);
+    maybe_note_idle(c, wake_releaser);
     c->mutex.unlock();
     return Status::kOk;
   }
@@ -1610,7 +1612,7 @@ PoolStats DevicePool::stats() const {
     s.hits += mallocs;
     s.app_frees += c->frees.load(std::memory_order_relaxed);
   }
-  s.peak_in_use = std::max({s.peak_in_use, peak_hint_.load(std::memory_order_relaxed), s.in_use});
+  s.peak_in_use = std::max(s.peak_in_use, s.in_use);
   if (page_size_ != 0) s.pages_mapped_idle = idle_page_bytes_ / page_size_;
   return s;
 }
@@ -1675,7 +1677,6 @@ void DevicePool::reset_peaks() {
   std::lock_guard lock(mutex_);
   stats_.peak_held = stats_.held;
   stats_.peak_in_use = stats_.in_use - caches_held();
-  peak_hint_.store(stats_.peak_in_use, std::memory_order_relaxed);
 }
 
 Policy DevicePool::policy() const {

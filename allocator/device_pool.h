@@ -246,7 +246,7 @@ class DevicePool {
   std::uint64_t release_with_permit(std::uint64_t keep_idle, ReleaseReason reason);
   void note_peaks();                      // counts the calling thread's cache as not in use
   void note_peaks(const ThreadCache* c);  // c: the calling thread's cache (or null)
-  // stats_.in_use changes only through these (they keep out_bytes_, the hits' copy, current).
+  // stats_.in_use changes only through these (they keep out_bytes_, the caches' copy, current).
   void add_in_use(std::uint64_t bytes) {
     stats_.in_use += bytes;
     out_bytes_.store(stats_.in_use, std::memory_order_relaxed);
@@ -263,8 +263,8 @@ class DevicePool {
     stats_.held -= bytes;
     held_bytes_.store(stats_.held, std::memory_order_relaxed);
   }
-  void raise_peak_hint(std::uint64_t in_use);
   void note_idle(const ThreadCache* c, bool* wake_releaser) const;
+  void maybe_note_idle(ThreadCache* c, bool* wake_releaser) const;  // c's lock held
 
   // ---- thread caches (mutex_ held unless noted) ----
   ThreadCache* this_thread_cache(bool create);  // no lock; null if none (or none possible)
@@ -351,7 +351,6 @@ class DevicePool {
                                                     // policy_.reuse == kImmediate, for the caches
   std::atomic<std::uint64_t> out_bytes_{0};         // stats_.in_use, for the caches' checks
   std::atomic<std::uint64_t> held_bytes_{0};        // stats_.held, likewise
-  std::atomic<std::uint64_t> peak_hint_{0};         // peak in use seen by hits
   std::atomic<std::uint64_t> wake_threshold_;
 };
 
