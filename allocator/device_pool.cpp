@@ -471,7 +471,7 @@ Status DevicePool::free_shared(void* ptr, bool* wake_releaser) {
 }
 
 // An in-use block that is in no map any more becomes pending, or free under immediate reuse.
-void DevicePool::release_block(Block* b, bool* wake_releaser) {
+[[gnu::always_inline]] inline void DevicePool::release_block(Block* b, bool* wake_releaser) {
   sub_in_use(b->size);
   --stats_.live_blocks;
   if (policy_.reuse == ReuseMode::kImmediate && !gate_.capture_active()) {

@@ -128,6 +128,8 @@ class DevicePool {
   // The part of free() that needs no pool lock: a block this thread's cache handed out. kNotOwned
   // when it is not one (free() then knows). For callers that try several pools.
   Status free_cached(void* ptr, bool* wake_releaser);
+  // True once a second thread allocated (free_cached() then has something to look at).
+  bool caches_started() const { return caches_on_.load(std::memory_order_relaxed); }
   // The rest of free(): under the pool's lock (after free_cached() said kNotOwned).
   Status free_shared(void* ptr, bool* wake_releaser);
   // kOk if `ptr` is a live block that starts its segment, kInvalidValue if it is inside a segment

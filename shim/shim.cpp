@@ -250,7 +250,7 @@ bool Shim::pool_free(void* ptr, cudaError_t* result) {
   for (int pass = 0; pass < 2; ++pass) {
     for (int d = 0; d < slots; ++d) {
       DevicePool* pool = existing_pool(d);
-      if (pool == nullptr) continue;
+      if (pool == nullptr || (pass == 0 && !pool->caches_started())) continue;
       bool wake = false;
       Status st = pass == 0 ? pool->free_cached(ptr, &wake) : pool->free_shared(ptr, &wake);
       if (st == Status::kNotOwned) continue;
