@@ -394,7 +394,7 @@ __attribute__((noinline)) Status DevicePool::refill(ThreadCache* c, std::size_t 
       return Status::kOk;
     }
   }
-  // Nothing free fits: the pool's miss path (it drains the caches first).
+  // Nothing free fits: the pool's miss path (a fence, then a drain of the caches, before growing).
   return allocate_slow(kind, rounded, ptr);
 }
 
