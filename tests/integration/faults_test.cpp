@@ -21,20 +21,12 @@
 
 #include "control/client.h"
 #include "tests/integration/integration_util.h"
+#include "tests/integration/own_pipe.h"
 
 namespace integ {
 namespace {
 
 using cudapool::ClientReply;
-
-std::string own_pipe() {
-  const char* dir = std::getenv("CUDAPOOL_CONTROL_DIR");
-  return cudapool::pipe_path(dir != nullptr ? dir : "", getpid());
-}
-
-ClientReply command(const std::string& line) {
-  return cudapool::request(own_pipe(), line, milliseconds(20000));
-}
 
 // The pool's held bytes and segments summed over devices ("stats text" through the pipe).
 struct PoolFigures {

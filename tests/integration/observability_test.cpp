@@ -11,6 +11,7 @@
 
 #include "control/client.h"
 #include "tests/integration/integration_util.h"
+#include "tests/integration/own_pipe.h"
 #include "tests/unit/tools/xml_check.h"
 
 // Two distinct call paths with known amounts (global names, so the test can look for them).
@@ -37,11 +38,6 @@ namespace integ {
 namespace {
 
 using cudapool::ClientReply;
-
-std::string own_pipe() {
-  const char* dir = std::getenv("CUDAPOOL_CONTROL_DIR");
-  return cudapool::pipe_path(dir != nullptr ? dir : "", getpid());
-}
 
 ProcessResult ctl(const std::vector<std::string>& args) {
   std::vector<std::string> argv = {flag_value("--ctl")};

@@ -29,6 +29,7 @@
 
 #include "control/client.h"
 #include "tests/integration/integration_util.h"
+#include "tests/integration/own_pipe.h"
 
 namespace integ {
 namespace {
@@ -36,15 +37,6 @@ namespace {
 using cudapool::ClientReply;
 
 // ---- helpers ----------------------------------------------------------------------------------
-
-std::string own_pipe() {
-  const char* dir = std::getenv("CUDAPOOL_CONTROL_DIR");
-  return cudapool::pipe_path(dir != nullptr ? dir : "", getpid());
-}
-
-ClientReply command(const std::string& line) {
-  return cudapool::request(own_pipe(), line, milliseconds(20000));
-}
 
 // The pipe's `stats` figures of device 0 (held, in_use, idle, live_blocks, ...): its
 // "device=0 ..." line; empty when there is none.
