@@ -10,6 +10,9 @@
 // program linked against NVIDIA's runtime shares this code.
 #pragma once
 
+#include <signal.h>
+#include <sys/wait.h>
+
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
@@ -130,6 +133,23 @@ struct ScenarioRegistrar {
   static int integ_scenario_##name(int argc, char** argv);                                \
   static ::integ::ScenarioRegistrar integ_registrar_##name(#name, integ_scenario_##name); \
   static int integ_scenario_##name([[maybe_unused]] int argc, [[maybe_unused]] char** argv)
+
+// Waits for a child started with fork(); kills it after `timeout`. Returns its exit code, or -1.
+inline int wait_child(pid_t pid, milliseconds timeout = milliseconds(10000)) {
+  int status = 0;
+  const bool exited = wait_until(timeout, [&] { return waitpid(pid, &status, WNOHANG) == pid; });
+  if (!exited) {
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+    ADD_FAILURE() << "child " << pid << " hung (deadlock after fork?)";
+    return -1;
+  }
+  if (WIFSIGNALED(status)) {
+    ADD_FAILURE() << "child " << pid << " died of signal " << WTERMSIG(status);
+    return -1;
+  }
+  return WEXITSTATUS(status);
+}
 
 }  // namespace integ
 

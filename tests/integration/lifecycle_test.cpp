@@ -118,23 +118,6 @@ TEST(NeverCalled, NoWarningWithASharedRuntime) {
 
 // ---- Fork (§4.2) -------------------------------------------------------------------------------
 
-// Waits for a child started with fork(); kills it after `timeout`. Returns its exit code, or -1.
-int wait_child(pid_t pid, milliseconds timeout = milliseconds(10000)) {
-  int status = 0;
-  const bool exited = wait_until(timeout, [&] { return waitpid(pid, &status, WNOHANG) == pid; });
-  if (!exited) {
-    kill(pid, SIGKILL);
-    waitpid(pid, &status, 0);
-    ADD_FAILURE() << "child " << pid << " hung (deadlock after fork?)";
-    return -1;
-  }
-  if (WIFSIGNALED(status)) {
-    ADD_FAILURE() << "child " << pid << " died of signal " << WTERMSIG(status);
-    return -1;
-  }
-  return WEXITSTATUS(status);
-}
-
 // In a child: prints a failure and counts it (GoogleTest results do not leave the child).
 int g_child_failures = 0;
 void child_check(bool ok, const char* what) {

@@ -738,23 +738,6 @@ void child_check(bool ok, const char* what) {
   ++g_child_failures;
 }
 
-int wait_child(pid_t pid) {
-  int status = 0;
-  const bool exited =
-      wait_until(milliseconds(20000), [&] { return waitpid(pid, &status, WNOHANG) == pid; });
-  if (!exited) {
-    kill(pid, SIGKILL);
-    waitpid(pid, &status, 0);
-    ADD_FAILURE() << "child " << pid << " hung (deadlock after fork?)";
-    return -1;
-  }
-  if (WIFSIGNALED(status)) {
-    ADD_FAILURE() << "child " << pid << " died of signal " << WTERMSIG(status);
-    return -1;
-  }
-  return WEXITSTATUS(status);
-}
-
 void child_allocations(const std::vector<void*>& parent_live) {
   const NativeRuntime& rt = native();
   for (int i = 0; i < 50; ++i) {
@@ -832,7 +815,7 @@ TEST(ForkWithThreads, ChildrenGetTheRuntimesAnswersAndParentThreadsKeepTheirData
         th.join();
       std::exit(g_child_failures == 0 ? 0 : 1);  // a normal exit: atexit handlers run
     }
-    EXPECT_EQ(0, wait_child(pid)) << "fork " << fork_no;
+    EXPECT_EQ(0, wait_child(pid, milliseconds(20000))) << "fork " << fork_no;
   }
   const long start = ops.load();
   wait_until(milliseconds(20000), [&] { return ops.load() >= start + 300; });
